@@ -1,0 +1,448 @@
+"""``cmap`` and ``cmap_async``: split, submit, wait, join."""
+
+from __future__ import annotations
+
+import html
+import pickle
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+import redis
+from celery import chord, group
+
+from . import serialization, store
+from .app import REDUCE, RUN_CHUNK
+from .chunking import Plan, join, kind_of, n_chunks_for, nbytes
+from .cluster import Cluster, current
+from .errors import CancelledError, ChunkError, ClusterError, RemoteFailure
+from .progress import Display, NoDisplay, make_display
+from .store import ERROR, OK, REDUCED, STORED, CallKeys
+
+MAX_TRIES = 3  # deliveries of one chunk before a dying worker is given up on
+TICK = 0.1  # seconds a poll waits for news before the display is refreshed
+BROKER_TIMEOUT = 30.0  # seconds the store may be unreachable before a call fails
+_PUSH_BYTES = 32 * 2**20  # chunk bytes buffered before a pipeline is flushed
+
+
+def _describe_unpicklable(func: Callable[..., Any], exc: Exception) -> str:
+    """Name the closure variables, defaults or globals of ``func`` that do not pickle."""
+    code = getattr(func, "__code__", None)
+    suspects: list[tuple[str, Any]] = []
+    if code is not None:
+        cells = getattr(func, "__closure__", None) or ()
+        for name, cell in zip(code.co_freevars, cells, strict=False):
+            try:
+                suspects.append((f"closure variable {name!r}", cell.cell_contents))
+            except ValueError:
+                continue
+        globs = getattr(func, "__globals__", {})
+        suspects += [(f"global {n!r}", globs[n]) for n in code.co_names if n in globs]
+    for i, default in enumerate(getattr(func, "__defaults__", None) or ()):
+        suspects.append((f"default argument #{i}", default))
+    bad = []
+    for what, value in suspects:
+        try:
+            cloudpickle.dumps(value)
+        except Exception:
+            bad.append(f"{what} (a {type(value).__name__})")
+    culprit = ", ".join(bad) if bad else "an object it refers to"
+    return (
+        f"func cannot be pickled to send it to the workers: {culprit} cannot be pickled "
+        f"({type(exc).__name__}: {exc}). Create such objects inside func, or pass "
+        "what they hold as data."
+    )
+
+
+def _pickle_job(func: Callable[..., Any], reduce: Callable[..., Any] | None) -> bytes:
+    for name, value in (("func", func), ("reduce", reduce)):
+        if value is not None and not callable(value):
+            raise TypeError(f"{name} must be callable, got {type(value).__name__}")
+    try:
+        return cloudpickle.dumps((func, reduce), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        try:
+            cloudpickle.dumps(func)
+            culprit: Callable[..., Any] = reduce  # type: ignore[assignment]
+        except Exception:
+            culprit = func
+        message = _describe_unpicklable(culprit, exc)
+        if culprit is reduce:
+            message = message.replace("func cannot", "reduce cannot", 1)
+        raise TypeError(message) from exc
+
+
+class MapFuture:
+    """The handle of a running ``cmap_async`` call.
+
+    ``result(timeout)`` waits and returns the joined result (or raises the
+    chunk's error); ``done()``, ``cancel()``; ``workers`` says which worker
+    ran each chunk.
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster | None,
+        plan: Plan | None,
+        reduce: Callable[..., Any] | None,
+        display: Display,
+        timeout: float | None,
+    ) -> None:
+        self.cluster = cluster
+        self.plan = plan
+        self.reduce = reduce
+        self.call = uuid.uuid4().hex
+        self.keys = CallKeys(self.call)
+        self.n_chunks = len(plan) if plan is not None else 0
+        self.n_items = len(plan.data) if plan is not None else 0
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout if timeout is not None else None
+        self.timeout = timeout
+        self.state = "pending"
+        self.workers: list[str | None] = [None] * self.n_chunks
+        self.chunk_seconds: list[float | None] = [None] * self.n_chunks
+        self._parts: dict[int, Any] = {}
+        self._items_done = 0
+        self._busy = 0
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._display = display
+        self._lock = threading.RLock()
+        self._unreachable_since: float | None = None
+        self._group = store.group_id(self.call)
+        self._event = threading.Event()
+
+    # -- submission -----------------------------------------------------------
+    def _task_id(self, index: int) -> str:
+        return store.task_id(self.call, index)
+
+    def _submit(self, job: bytes) -> None:
+        assert self.cluster is not None and self.plan is not None
+        cluster, plan, secret = self.cluster, self.plan, self.cluster.settings.secret
+        pipe = cluster.redis.pipeline(transaction=False)
+        pipe.set(self.keys.func, serialization.sign(secret, job), ex=store.TTL)
+        buffered = 0
+        for i in range(len(plan)):
+            try:
+                blob = serialization.dumps(secret, plan.take(i))
+            except Exception as exc:
+                self._cleanup()
+                raise TypeError(
+                    f"{plan.info(i).describe()} of the data cannot be pickled "
+                    f"({type(exc).__name__}: {exc}); pass data made of picklable objects"
+                ) from exc
+            pipe.set(self.keys.chunk(i), blob, ex=store.TTL)
+            buffered += len(blob)
+            del blob
+            if buffered > _PUSH_BYTES:
+                pipe.execute()
+                buffered = 0
+        pipe.execute()
+        app, queue = cluster.app, cluster.settings.queue
+        chord_mode = self.reduce is not None
+        if not chord_mode:
+            with app.producer_or_acquire() as producer:
+                for i in range(len(plan)):
+                    app.send_task(
+                        RUN_CHUNK,
+                        args=(self.call, i, MAX_TRIES, False),
+                        task_id=self._task_id(i),
+                        queue=queue,
+                        ignore_result=True,
+                        producer=producer,
+                    )
+        else:
+            header = [
+                app.signature(RUN_CHUNK, args=(self.call, i, MAX_TRIES, True)).set(
+                    task_id=self._task_id(i), queue=queue
+                )
+                for i in range(len(plan))
+            ]
+            callback = app.signature(REDUCE, args=(self.call,)).set(
+                queue=queue, ignore_result=True
+            )
+            chord(header, callback, app=app).set(task_id=self._group).apply_async(
+                task_id=self._task_id(REDUCED)
+            )
+        self.state = "running"
+
+    # -- polling --------------------------------------------------------------
+    def _start_poller(self) -> None:
+        self._thread = threading.Thread(
+            target=self._poll_loop, name=f"celerynb-poll-{self.call[:8]}", daemon=True
+        )
+        self._thread.start()
+
+    def _poll_loop(self) -> None:
+        """The one polling loop of a call: runs in its own thread until the call ends."""
+        try:
+            while self.state == "running":
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    with self._lock:
+                        if self.state == "running":
+                            self._fail(
+                                TimeoutError(
+                                    f"cmap did not finish within timeout={self.timeout} s "
+                                    f"({self._progress_text()}); the call was cancelled"
+                                ),
+                                "timed out",
+                            )
+                    break
+                self._poll(TICK)
+        except BaseException as exc:  # never leave a waiter hanging
+            with self._lock:
+                if self.state == "running":
+                    self._fail(exc)
+        finally:
+            self._event.set()
+
+    def _poll(self, block: float) -> None:
+        """Wait up to ``block`` s for records, take all there are, refresh the display."""
+        assert self.cluster is not None
+        pipe = self.cluster.redis.pipeline(transaction=False)
+        pipe.blpop([self.keys.done], timeout=block)
+        pipe.lpop(self.keys.done, 1000)
+        pipe.hlen(self.keys.running)
+        try:
+            first, rest, busy = pipe.execute()
+        except redis.ConnectionError as exc:
+            now = time.monotonic()
+            self._unreachable_since = self._unreachable_since or now
+            if now - self._unreachable_since > BROKER_TIMEOUT:
+                with self._lock:
+                    self._fail(
+                        ClusterError(
+                            f"the broker / result store has been unreachable for "
+                            f"{BROKER_TIMEOUT:.0f} s ({exc}); the call is abandoned"
+                        )
+                    )
+            else:
+                time.sleep(min(block, 0.5))
+            return
+        self._unreachable_since = None
+        blobs: list[bytes] = ([first[1]] if first is not None else []) + (rest or [])
+        secret = self.cluster.settings.secret
+        with self._lock:
+            self._busy = int(busy or 0)
+            for blob in blobs:
+                if self.state != "running":
+                    break
+                index, status, value, meta = serialization.loads(secret, blob)
+                self._take(index, status, value, meta)
+            if self.state == "running":
+                self._display.update(len(self._parts), self._items_done, self._busy)
+
+    def _take(self, index: int, status: str, value: Any, meta: dict[str, Any]) -> None:
+        assert self.plan is not None
+        if status == ERROR:
+            failure: RemoteFailure = value
+            info = self.plan.info(index) if index != REDUCED else None
+            self._fail(ChunkError.build(failure, info))
+            return
+        if index == REDUCED:
+            self._value = value
+            self._finish()
+            return
+        if index in self._parts:  # a redelivered chunk: keep the first result
+            return
+        self._parts[index] = value if status == OK else None
+        self.workers[index] = meta.get("worker")
+        self.chunk_seconds[index] = meta.get("seconds")
+        self._items_done += self.plan.items(index)
+        if status == STORED or len(self._parts) < self.n_chunks:
+            return
+        parts = [self._parts[i] for i in range(self.n_chunks)]
+        self._parts = dict.fromkeys(range(self.n_chunks))
+        try:
+            self._value = join(parts)
+        except Exception as exc:
+            self._fail(exc)
+            return
+        self._finish()
+
+    def _finish(self) -> None:
+        self.state = "finished"
+        self._display.update(self.n_chunks, self.n_items, 0)
+        self._display.close("finished")
+        self._cleanup()
+        self._event.set()
+
+    def _fail(self, error: BaseException, state: str = "failed") -> None:
+        self._error = error
+        self.state = state
+        self._revoke()
+        if self.reduce is not None and self.cluster is not None:
+            # revoked or late chord members still write Celery's keys: sweep them later
+            self.cluster.defer_delete(store.chord_keys(self.call, self.n_chunks))
+        self._display.close(state, str(error).splitlines()[0] if str(error) else "")
+        self._cleanup()
+        self._event.set()
+
+    def _revoke(self) -> None:
+        assert self.cluster is not None
+        outstanding = [self._task_id(i) for i in range(self.n_chunks) if i not in self._parts]
+        if self.reduce is not None and not isinstance(self._error, ChunkError):
+            outstanding.append(self._task_id(REDUCED))
+        try:
+            # delete the chunks first: queued tasks then find nothing to run
+            store.delete(self.cluster.redis, [self.keys.chunk(i) for i in range(self.n_chunks)])
+            if outstanding:
+                self.cluster.app.control.revoke(outstanding, terminate=True, signal="SIGTERM")
+        except Exception:  # the broker may be gone; the keys expire anyway
+            pass
+
+    def _cleanup(self) -> None:
+        if self.cluster is None:
+            return
+        keys = self.keys.all(self.n_chunks)
+        if self.reduce is not None:
+            keys += store.chord_keys(self.call, self.n_chunks)
+        try:
+            store.delete(self.cluster.redis, keys)
+        except redis.RedisError:
+            pass
+
+    # -- the public face ------------------------------------------------------
+    def done(self) -> bool:
+        """Whether the call has finished, failed or been cancelled."""
+        return self.state != "running"
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait up to ``timeout`` s (default: no limit) and return the joined result.
+
+        Raises the chunk's :class:`ChunkError`, :class:`CancelledError`, or
+        ``TimeoutError`` (the call keeps running) when ``timeout`` passes.
+        Interrupting the wait (Ctrl-C, the notebook's stop button) cancels the call.
+        """
+        limit = time.monotonic() + timeout if timeout is not None else None
+        try:
+            while not self._event.wait(0.2 if limit is None else max(0.0, min(0.2, limit - time.monotonic()))):
+                if limit is not None and time.monotonic() >= limit:
+                    raise TimeoutError(
+                        f"not finished after {timeout} s ({self._progress_text()}); it keeps "
+                        "running: call .result() again or .cancel()"
+                    )
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def cancel(self) -> bool:
+        """Revoke the outstanding chunks and stop running ones; False if already done."""
+        with self._lock:
+            if self.state != "running":
+                return False
+            self._fail(CancelledError(f"the call was cancelled ({self._progress_text()})"), "cancelled")
+            return True
+
+    def _progress_text(self) -> str:
+        return f"{len(self._parts)} of {self.n_chunks} chunks done"
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def __repr__(self) -> str:
+        return (
+            f"<MapFuture {self.state}: {self._progress_text()}, "
+            f"{self._items_done}/{self.n_items} items, {self.elapsed:.1f} s>"
+        )
+
+    def _repr_html_(self) -> str:
+        colour = {"finished": "success", "running": "brand"}.get(self.state, "error")
+        return (
+            "<div style='color:var(--jp-ui-font-color1)'><b>MapFuture</b> "
+            f"<span style='color:var(--jp-{colour}-color1)'>{html.escape(self.state)}</span>: "
+            f"{html.escape(self._progress_text())}, {self._items_done}/{self.n_items} items, "
+            f"{self.elapsed:.1f} s</div>"
+        )
+
+
+def _empty_result(func: Callable[..., Any], data: Any, reduce: Callable[..., Any] | None) -> Any:
+    try:
+        value = func(data)
+    except Exception:
+        value = data[:0] if not hasattr(data, "iloc") else data.iloc[:0].copy()
+    return reduce([]) if reduce is not None else value
+
+
+def cmap_async(
+    func: Callable[[Any], Any],
+    data: Any,
+    *,
+    chunks: int | None = None,
+    chunk_size: int | None = None,
+    reduce: Callable[[list[Any]], Any] | None = None,
+    progress: bool | str | None = True,
+    timeout: float | None = None,
+    cluster: Cluster | None = None,
+) -> MapFuture:
+    """Start ``cmap`` and return its :class:`MapFuture` at once (see :func:`cmap`)."""
+    job = _pickle_job(func, reduce)
+    kind_of(data)
+    n_items = len(data)
+    if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    n_chunks_for(max(n_items, 1), 1, 0, chunks, chunk_size)  # argument errors before start-up
+    if n_items == 0:
+        future = MapFuture(None, None, reduce, NoDisplay(), timeout)
+        future._value = _empty_result(func, data, reduce)
+        future.state = "finished"
+        future._event.set()
+        return future
+    cluster = cluster or current()
+    assert cluster is not None
+    if cluster.closed:
+        raise ClusterError(f"{cluster!r} is closed: start a new one or pass cluster=None")
+    n_chunks = n_chunks_for(n_items, cluster.n_workers, nbytes(data), chunks, chunk_size)
+    cluster.sweep()
+    plan = Plan.make(data, n_chunks)
+    future = MapFuture(cluster, plan, reduce, NoDisplay(), timeout)
+    future._display = make_display(progress, future)
+    try:
+        future._submit(job)
+    except BaseException:
+        future._fail(CancelledError("submission failed"), "failed")
+        raise
+    future._start_poller()
+    return future
+
+
+def cmap(
+    func: Callable[[Any], Any],
+    data: Any,
+    *,
+    chunks: int | None = None,
+    chunk_size: int | None = None,
+    reduce: Callable[[list[Any]], Any] | None = None,
+    progress: bool | str | None = True,
+    timeout: float | None = None,
+    cluster: Cluster | None = None,
+) -> Any:
+    """Run ``func(chunk)`` on Celery workers over chunks of ``data``; join in order.
+
+    ``data``: a pandas DataFrame / Series (split by rows), an ndarray (axis 0)
+    or a sized sequence. ``chunks`` / ``chunk_size`` override the default
+    chunking (4 chunks per worker, chunks of at most 64 MiB). ``reduce``, if
+    given, runs on a worker over the list of chunk results (a Celery chord)
+    and only its value comes back. ``progress``: True (default) shows a bar,
+    False hides it. ``timeout``: seconds for the whole call (default none),
+    after which it is cancelled. ``cluster``: default the current one, started
+    on first use. Interrupting the wait cancels the outstanding chunks.
+    """
+    future = cmap_async(
+        func,
+        data,
+        chunks=chunks,
+        chunk_size=chunk_size,
+        reduce=reduce,
+        progress=progress,
+        timeout=timeout,
+        cluster=cluster,
+    )
+    return future.result()

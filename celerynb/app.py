@@ -1,0 +1,137 @@
+"""The Celery configuration that drivers and workers of one cluster share."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from typing import Any
+
+from celery import Celery
+from celery.backends.redis import RedisBackend
+
+from . import serialization
+
+RUN_CHUNK = "celerynb.run_chunk"
+REDUCE = "celerynb.reduce"
+
+ENV_BROKER = "CELERYNB_BROKER_URL"
+ENV_BACKEND = "CELERYNB_RESULT_BACKEND"
+ENV_SECRET = "CELERYNB_SECRET"
+ENV_QUEUE = "CELERYNB_QUEUE"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where a cluster's broker and data store are, and the secret it shares.
+
+    ``backend_url`` defaults to ``broker_url`` (it must be a Redis URL: it is
+    also the data plane); ``queue`` defaults to a name derived from the secret,
+    so clients with different secrets never take each other's chunks.
+    """
+
+    broker_url: str
+    secret: str = field(repr=False)
+    backend_url: str = ""
+    queue: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.secret:
+            raise ValueError(
+                f"no shared secret: set {ENV_SECRET} (the same value on the "
+                "client and on every worker) or pass secret="
+            )
+        if not self.backend_url:
+            object.__setattr__(self, "backend_url", self.broker_url)
+        if not self.backend_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"the result backend must be a Redis URL, got {mask_url(self.backend_url)!r}: "
+                f"pass backend_url='redis://host:6379/0' (or set {ENV_BACKEND}); "
+                "celerynb keeps chunk data there"
+            )
+        if not self.queue:
+            object.__setattr__(self, "queue", f"celerynb-{self.key_id}")
+
+    @property
+    def key_id(self) -> str:
+        return serialization.key_id(self.secret)
+
+    @classmethod
+    def from_env(cls, **overrides: str | None) -> Settings:
+        """Settings from ``CELERYNB_*`` variables; non-empty ``overrides`` win."""
+        values = {
+            "broker_url": os.environ.get(ENV_BROKER, ""),
+            "backend_url": os.environ.get(ENV_BACKEND, ""),
+            "secret": os.environ.get(ENV_SECRET, ""),
+            "queue": os.environ.get(ENV_QUEUE, ""),
+        }
+        values.update({k: v for k, v in overrides.items() if v})
+        if not values["broker_url"]:
+            raise ValueError(f"no broker: set {ENV_BROKER} or pass a broker URL")
+        return cls(**values)  # type: ignore[arg-type]
+
+    def env(self) -> dict[str, str]:
+        """These settings as ``CELERYNB_*`` environment variables."""
+        return {
+            ENV_BROKER: self.broker_url,
+            ENV_BACKEND: self.backend_url,
+            ENV_SECRET: self.secret,
+            ENV_QUEUE: self.queue,
+        }
+
+
+class DriverBackend(RedisBackend):  # type: ignore[misc]
+    """The driver's result backend: Celery's Redis backend minus result waiting.
+
+    A driver reads chunk results from the data plane, never through Celery's
+    result machinery, so it needs no per-task pubsub subscriptions.
+    """
+
+    def __init__(self, app: Celery, url: str | None = None, **kwargs: Any) -> None:
+        super().__init__(app=app, url=url or app.conf.result_backend, **kwargs)
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        pass
+
+    def add_pending_result(self, result: Any, *args: Any, **kwargs: Any) -> Any:
+        return result
+
+    def remove_pending_result(self, result: Any) -> Any:
+        return result
+
+
+def make_app(settings: Settings, main: str = "celerynb", driver: bool = False) -> Celery:
+    """A Celery app that signs and accepts only this cluster's payloads.
+
+    ``driver=True`` gives the client side's app (see :class:`DriverBackend`).
+    """
+    name = serialization.serializer_name(settings.secret)
+    app = Celery(main, set_as_current=False)
+    if driver:
+        app.backend_cls = DriverBackend
+    app.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=settings.backend_url,
+        task_serializer=name,
+        result_serializer=name,
+        accept_content=[name],
+        result_accept_content=[name],
+        task_default_queue=settings.queue,
+        control_exchange=settings.queue,  # pings and revokes reach only our workers
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=False,
+        result_expires=3600,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=4,
+        broker_transport_options={"visibility_timeout": 3600},
+        worker_hijack_root_logger=False,
+    )
+    return app

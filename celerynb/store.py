@@ -1,0 +1,119 @@
+"""The data plane: chunk and result bytes of one call, kept in Redis keys.
+
+Task messages carry only a call id and a chunk number; the bytes live here.
+All keys of a call share the prefix ``celerynb:<call id>:`` and expire after
+``TTL`` seconds even if nobody deletes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+TTL = 24 * 3600
+PREFIX = "celerynb:"
+
+OK = "ok"
+ERROR = "error"
+STORED = "stored"
+REDUCED = -1  # the chunk number of the reducer's record
+
+
+@dataclass(frozen=True)
+class CallKeys:
+    """Names of the Redis keys of one call."""
+
+    call: str
+
+    @property
+    def base(self) -> str:
+        # the braces keep a call's keys in one Redis Cluster hash slot
+        return f"{PREFIX}{{{self.call}}}:"
+
+    @property
+    def func(self) -> str:
+        return self.base + "func"
+
+    @property
+    def done(self) -> str:
+        return self.base + "done"
+
+    @property
+    def tries(self) -> str:
+        return self.base + "tries"
+
+    @property
+    def running(self) -> str:
+        return self.base + "running"
+
+    def chunk(self, index: int) -> str:
+        return f"{self.base}chunk:{index}"
+
+    def stored(self, index: int) -> str:
+        return f"{self.base}result:{index}"
+
+    def all(self, n_chunks: int) -> list[str]:
+        """Every key the call may have created."""
+        per_chunk = [k for i in range(n_chunks) for k in (self.chunk(i), self.stored(i))]
+        return [self.func, self.done, self.tries, self.running, *per_chunk]
+
+
+def task_id(call: str, index: int) -> str:
+    """The Celery task id of chunk ``index`` of ``call`` (``REDUCED``: the reducer)."""
+    return f"celerynb-{call}-{index}"
+
+
+def group_id(call: str) -> str:
+    """The Celery group id of a call's chord header."""
+    return f"celerynb-{call}-group"
+
+
+def chord_keys(call: str, n_chunks: int) -> list[str]:
+    """The keys Celery's Redis backend keeps for a call's chord."""
+    group = f"celery-taskset-meta-{group_id(call)}"
+    tasks = [f"celery-task-meta-{task_id(call, i)}" for i in [*range(n_chunks), REDUCED]]
+    return [*tasks, group, *(group + suffix for suffix in (".j", ".t", ".s", ".d", ".c"))]
+
+
+def connect(url: str, **kwargs: Any) -> redis.Redis:
+    """A Redis client for the data plane (bytes in, bytes out)."""
+    options: dict[str, Any] = {"socket_connect_timeout": 5, "health_check_interval": 30}
+    options.update(kwargs)
+    return redis.Redis.from_url(url, **options)
+
+
+def delete(client: redis.Redis, keys: Iterable[str], batch: int = 1000) -> None:
+    """Unlink ``keys`` in batches (one round trip per batch)."""
+    keys = list(keys)
+    with client.pipeline(transaction=False) as pipe:
+        for start in range(0, len(keys), batch):
+            pipe.unlink(*keys[start : start + batch])
+        pipe.execute()
+
+
+# Worker, at the start of a chunk: nil if the chunk is gone (cancelled or
+# done by an earlier delivery), else {tries, job bytes, chunk bytes}.
+CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+local tries = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[4], ARGV[3])
+return {tries, redis.call('GET', KEYS[2]), redis.call('GET', KEYS[1])}
+"""
+
+# Worker, at the end: push the record (and store a chord part) only while the
+# guard key (the chunk, or the job for the reducer) still exists, so nothing
+# is written for a call that was cancelled and cleaned up meanwhile.
+FINISH = """
+redis.call('HDEL', KEYS[3], ARGV[3])
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[2]) end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+if ARGV[5] == '1' then redis.call('UNLINK', KEYS[1]) end
+return 1
+"""
