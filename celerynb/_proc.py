@@ -75,4 +75,7 @@ def spawn(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     with _launcher_lock:
         if _launcher is None:
             _launcher = concurrent.futures.ThreadPoolExecutor(1, "celerynb-launcher")
-    return _launcher.submit(subprocess.Popen, args, **kwargs).result()
+    proc: subprocess.Popen[bytes] = _launcher.submit(
+        lambda: subprocess.Popen(args, **kwargs)
+    ).result()
+    return proc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import pickle
 import threading
@@ -12,7 +13,7 @@ from typing import Any
 
 import cloudpickle
 import redis
-from celery import chord, group
+from celery import chord
 
 from . import serialization, store
 from .app import REDUCE, RUN_CHUNK
@@ -62,7 +63,8 @@ def _pickle_job(func: Callable[..., Any], reduce: Callable[..., Any] | None) -> 
         if value is not None and not callable(value):
             raise TypeError(f"{name} must be callable, got {type(value).__name__}")
     try:
-        return cloudpickle.dumps((func, reduce), protocol=pickle.HIGHEST_PROTOCOL)
+        blob: bytes = cloudpickle.dumps((func, reduce), protocol=pickle.HIGHEST_PROTOCOL)
+        return blob
     except Exception as exc:
         try:
             cloudpickle.dumps(func)
@@ -161,9 +163,7 @@ class MapFuture:
                 )
                 for i in range(len(plan))
             ]
-            callback = app.signature(REDUCE, args=(self.call,)).set(
-                queue=queue, ignore_result=True
-            )
+            callback = app.signature(REDUCE, args=(self.call,)).set(queue=queue, ignore_result=True)
             chord(header, callback, app=app).set(task_id=self._group).apply_async(
                 task_id=self._task_id(REDUCED)
             )
@@ -300,10 +300,8 @@ class MapFuture:
         keys = self.keys.all(self.n_chunks)
         if self.reduce is not None:
             keys += store.chord_keys(self.call, self.n_chunks)
-        try:
+        with contextlib.suppress(redis.RedisError):
             store.delete(self.cluster.redis, keys)
-        except redis.RedisError:
-            pass
 
     # -- the public face ------------------------------------------------------
     def done(self) -> bool:
@@ -319,7 +317,9 @@ class MapFuture:
         """
         limit = time.monotonic() + timeout if timeout is not None else None
         try:
-            while not self._event.wait(0.2 if limit is None else max(0.0, min(0.2, limit - time.monotonic()))):
+            while not self._event.wait(
+                0.2 if limit is None else max(0.0, min(0.2, limit - time.monotonic()))
+            ):
                 if limit is not None and time.monotonic() >= limit:
                     raise TimeoutError(
                         f"not finished after {timeout} s ({self._progress_text()}); it keeps "
@@ -337,7 +337,9 @@ class MapFuture:
         with self._lock:
             if self.state != "running":
                 return False
-            self._fail(CancelledError(f"the call was cancelled ({self._progress_text()})"), "cancelled")
+            self._fail(
+                CancelledError(f"the call was cancelled ({self._progress_text()})"), "cancelled"
+            )
             return True
 
     def _progress_text(self) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-
 from typing import Any
 
 from celery import Celery
@@ -74,7 +73,7 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v})
         if not values["broker_url"]:
             raise ValueError(f"no broker: set {ENV_BROKER} or pass a broker URL")
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)
 
     def env(self) -> dict[str, str]:
         """These settings as ``CELERYNB_*`` environment variables."""

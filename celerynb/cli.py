@@ -54,7 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "are passed to `celery worker`.",
     )
     w.add_argument("--broker", help=f"broker URL (default ${ENV_BROKER})")
-    w.add_argument("--backend", help=f"Redis result backend URL (default ${ENV_BACKEND} or the broker)")
+    w.add_argument(
+        "--backend", help=f"Redis result backend URL (default ${ENV_BACKEND} or the broker)"
+    )
     w.add_argument("--secret", help=f"shared secret (default ${ENV_SECRET}); prefer the variable")
     w.add_argument("--queues", help="queue to consume (default derived from the secret)")
     w.add_argument("--concurrency", type=int, help="pool processes (default: one per core)")

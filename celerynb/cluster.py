@@ -7,6 +7,7 @@ connected to, else an embedded ``LocalCluster`` is started.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import shutil
@@ -19,7 +20,6 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any
 
 import redis
 from celery import Celery
@@ -60,10 +60,8 @@ class Cluster:
         due = [keys for when, keys in self._leftovers if force or when <= now]
         self._leftovers = [(w, k) for w, k in self._leftovers if not (force or w <= now)]
         if due:
-            try:
+            with contextlib.suppress(redis.RedisError):
                 store.delete(self.redis, [k for keys in due for k in keys])
-            except redis.RedisError:
-                pass
 
     # -- what cmap needs ---------------------------------------------------
     def check(self, timeout: float = 5.0) -> None:
@@ -146,7 +144,8 @@ class Cluster:
             "queue": self.settings.queue,
         }
         body = "".join(
-            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+            f"<td>{html.escape(str(v))}</td></tr>"
             for k, v in rows.items()
         )
         return (
@@ -255,7 +254,9 @@ class LocalCluster(Cluster):
         env["CELERYNB_DIE_WITH_PARENT"] = "1"
         env["C_FORCE_ROOT"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
-        self.hostname = f"celerynb-local-{os.getpid()}-{self.settings.key_id[:6]}@{socket.gethostname()}"
+        self.hostname = (
+            f"celerynb-local-{os.getpid()}-{self.settings.key_id[:6]}@{socket.gethostname()}"
+        )
         args = [
             sys.executable, "-m", "celery", "-A", "celerynb.worker", "worker",
             "--pool", "prefork", "--concurrency", str(self.concurrency),
@@ -298,6 +299,9 @@ class LocalCluster(Cluster):
             f"the celerynb worker did not answer a ping within {self.timeout:.0f} s; "
             f"its log ends with:\n{self.worker_log()}"
         )
+
+    def __enter__(self) -> LocalCluster:
+        return self
 
     def worker_log(self, lines: int = 30) -> str:
         """The last lines of the worker's log."""
@@ -372,10 +376,8 @@ def _stop_procs(procs: list[subprocess.Popen[bytes]], grace: float = 3.0) -> Non
             proc.kill()
             proc.wait()
         if proc.pid in leaders:  # whatever is left of its group (pool children) goes too
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 def _stop(directory: Path, procs: list[subprocess.Popen[bytes]]) -> None:
@@ -430,4 +432,3 @@ def current(start: bool = True) -> Cluster | None:
             else:
                 LocalCluster()
         return _current
-

@@ -85,9 +85,7 @@ class ChunkError(CelerynbError):
         ]
 
     @classmethod
-    def build(
-        cls, failure: RemoteFailure, chunk: ChunkInfo | None, what: str = ""
-    ) -> ChunkError:
+    def build(cls, failure: RemoteFailure, chunk: ChunkInfo | None, what: str = "") -> ChunkError:
         """A ChunkError for ``failure`` that is also an instance of the original type."""
         where = chunk.describe() if chunk is not None else (what or "the reducer")
         worker = f" on worker {failure.worker}" if failure.worker else ""

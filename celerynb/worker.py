@@ -6,6 +6,7 @@ CLI, ``celery -A celerynb.worker worker`` and the ``CELERYNB_*`` variables set.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -47,10 +48,8 @@ def _check_settings(**_: Any) -> None:
     if settings is None:
         raise SystemExit(f"celerynb worker cannot start: {_config_error}")
     for name in ("numpy", "pandas"):  # preload before forking the pool
-        try:
+        with contextlib.suppress(ImportError):
             __import__(name)
-        except ImportError:
-            pass
 
 
 @signals.worker_process_init.connect
@@ -213,7 +212,12 @@ def reduce_chunks(self: Task, indices: list[int | None], call: str) -> None:
         record: tuple[Any, ...] = (REDUCED, OK, reducer(parts), _meta(self, started))
         del parts
     except Exception as exc:
-        record = (REDUCED, ERROR, failure_of(exc, self.request.hostname or ""), _meta(self, started))
+        record = (
+            REDUCED,
+            ERROR,
+            failure_of(exc, self.request.hostname or ""),
+            _meta(self, started),
+        )
     store.delete(_redis(), stored + chord_keys)
     _finish(keys, keys.func, record, REDUCED, delete_guard=False)
 

@@ -1,0 +1,37 @@
+"""Static checks as part of the suite: ruff (lint + format) and mypy on the package."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("ruff", "check", "celerynb", "tests", "benchmarks"),
+        ("ruff", "format", "--check", "celerynb", "tests", "benchmarks"),
+    ],
+    ids=["ruff-check", "ruff-format"],
+)
+def test_ruff(args: tuple[str, ...]) -> None:
+    if shutil.which("ruff") is None:
+        pytest.skip("ruff is not installed: pip install -e '.[test]'")
+    paths = [a for a in args if not (ROOT / a).exists() and a in ("benchmarks",)]
+    done = _run(*(a for a in args if a not in paths))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_mypy() -> None:
+    done = _run(sys.executable, "-m", "mypy")
+    assert done.returncode == 0, done.stdout + done.stderr
