@@ -8,7 +8,7 @@ import pickle
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import cloudpickle
@@ -23,9 +23,7 @@ from .errors import CancelledError, ChunkError, ClusterError, RemoteFailure
 from .progress import Display, NoDisplay, make_display
 from .store import ERROR, OK, REDUCED, STORED, CallKeys
 
-MAX_TRIES = 3  # deliveries of one chunk before a dying worker is given up on
 TICK = 0.1  # seconds a poll waits for news before the display is refreshed
-BROKER_TIMEOUT = 30.0  # seconds the store may be unreachable before a call fails
 _PUSH_BYTES = 32 * 2**20  # chunk bytes buffered before a pipeline is flushed
 
 
@@ -92,6 +90,7 @@ class MapFuture:
         reduce: Callable[..., Any] | None,
         display: Display,
         timeout: float | None,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.cluster = cluster
         self.plan = plan
@@ -103,6 +102,7 @@ class MapFuture:
         self.started = time.monotonic()
         self.deadline = self.started + timeout if timeout is not None else None
         self.timeout = timeout
+        self.options: dict[str, Any] = options or {"attempts": 3}
         self.state = "pending"
         self.workers: list[str | None] = [None] * self.n_chunks
         self.chunk_seconds: list[float | None] = [None] * self.n_chunks
@@ -116,6 +116,7 @@ class MapFuture:
         self._unreachable_since: float | None = None
         self._group = store.group_id(self.call)
         self._event = threading.Event()
+        self._generation = cluster.generation if cluster is not None else 0
 
     # -- submission -----------------------------------------------------------
     def _task_id(self, index: int) -> str:
@@ -146,20 +147,11 @@ class MapFuture:
         app, queue = cluster.app, cluster.settings.queue
         chord_mode = self.reduce is not None
         if not chord_mode:
-            with app.producer_or_acquire() as producer:
-                for i in range(len(plan)):
-                    app.send_task(
-                        RUN_CHUNK,
-                        args=(self.call, i, MAX_TRIES, False),
-                        task_id=self._task_id(i),
-                        queue=queue,
-                        ignore_result=True,
-                        producer=producer,
-                    )
+            self._publish(range(len(plan)))
         else:
             header = [
-                app.signature(RUN_CHUNK, args=(self.call, i, MAX_TRIES, True)).set(
-                    task_id=self._task_id(i), queue=queue
+                app.signature(RUN_CHUNK, args=(self.call, i, {**self.options, "chord": True})).set(
+                    task_id=self._task_id(i), queue=queue, **self._limits()
                 )
                 for i in range(len(plan))
             ]
@@ -168,6 +160,26 @@ class MapFuture:
                 task_id=self._task_id(REDUCED)
             )
         self.state = "running"
+
+    def _publish(self, indices: Iterable[int]) -> None:
+        """Send the task messages of chunks ``indices`` (map mode), one producer."""
+        assert self.cluster is not None
+        app, queue = self.cluster.app, self.cluster.settings.queue
+        with app.producer_or_acquire() as producer:
+            for i in indices:
+                app.send_task(
+                    RUN_CHUNK,
+                    args=(self.call, i, self.options),
+                    task_id=self._task_id(i),
+                    queue=queue,
+                    ignore_result=True,
+                    producer=producer,
+                    **self._limits(),
+                )
+
+    def _limits(self) -> dict[str, float]:
+        timeout = self.options.get("chunk_timeout")
+        return {"soft_time_limit": timeout, "time_limit": timeout + 10} if timeout else {}
 
     # -- polling --------------------------------------------------------------
     def _start_poller(self) -> None:
@@ -192,12 +204,33 @@ class MapFuture:
                             )
                     break
                 self._poll(TICK)
+                self._check_worker()
         except BaseException as exc:  # never leave a waiter hanging
             with self._lock:
                 if self.state == "running":
                     self._fail(exc)
         finally:
             self._event.set()
+
+    def _check_worker(self) -> None:
+        """After the cluster replaced a dead worker, re-publish what it held."""
+        assert self.cluster is not None
+        self.cluster.ensure_worker()
+        if self.cluster.generation == self._generation:
+            return
+        self._generation = self.cluster.generation
+        with self._lock:
+            if self.state != "running":
+                return
+            if self.reduce is not None:
+                self._fail(
+                    ClusterError(
+                        "the worker process died and was restarted; a reduce= call cannot "
+                        "resume its chord: run it again"
+                    )
+                )
+                return
+            self._publish([i for i in range(self.n_chunks) if i not in self._parts])
 
     def _poll(self, block: float) -> None:
         """Wait up to ``block`` s for records, take all there are, refresh the display."""
@@ -211,12 +244,12 @@ class MapFuture:
         except redis.ConnectionError as exc:
             now = time.monotonic()
             self._unreachable_since = self._unreachable_since or now
-            if now - self._unreachable_since > BROKER_TIMEOUT:
+            if now - self._unreachable_since > self.cluster.broker_timeout:
                 with self._lock:
                     self._fail(
                         ClusterError(
                             f"the broker / result store has been unreachable for "
-                            f"{BROKER_TIMEOUT:.0f} s ({exc}); the call is abandoned"
+                            f"{self.cluster.broker_timeout:.0f} s ({exc}); the call is abandoned"
                         )
                     )
             else:
@@ -383,13 +416,23 @@ def cmap_async(
     progress: bool | str | None = True,
     timeout: float | None = None,
     cluster: Cluster | None = None,
+    retries: int = 0,
+    chunk_timeout: float | None = None,
+    attempts: int = 3,
 ) -> MapFuture:
     """Start ``cmap`` and return its :class:`MapFuture` at once (see :func:`cmap`)."""
     job = _pickle_job(func, reduce)
     kind_of(data)
     n_items = len(data)
-    if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    for name, value in (("timeout", timeout), ("chunk_timeout", chunk_timeout)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+        ):
+            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    for name, value, low in (("retries", retries, 0), ("attempts", attempts, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    options = {"attempts": attempts, "retries": retries, "chunk_timeout": chunk_timeout}
     n_chunks_for(max(n_items, 1), 1, 0, chunks, chunk_size)  # argument errors before start-up
     if n_items == 0:
         future = MapFuture(None, None, reduce, NoDisplay(), timeout)
@@ -404,7 +447,7 @@ def cmap_async(
     n_chunks = n_chunks_for(n_items, cluster.n_workers, nbytes(data), chunks, chunk_size)
     cluster.sweep()
     plan = Plan.make(data, n_chunks)
-    future = MapFuture(cluster, plan, reduce, NoDisplay(), timeout)
+    future = MapFuture(cluster, plan, reduce, NoDisplay(), timeout, options)
     future._display = make_display(progress, future)
     try:
         future._submit(job)
@@ -425,6 +468,9 @@ def cmap(
     progress: bool | str | None = True,
     timeout: float | None = None,
     cluster: Cluster | None = None,
+    retries: int = 0,
+    chunk_timeout: float | None = None,
+    attempts: int = 3,
 ) -> Any:
     """Run ``func(chunk)`` on Celery workers over chunks of ``data``; join in order.
 
@@ -435,7 +481,11 @@ def cmap(
     and only its value comes back. ``progress``: True (default) shows a bar,
     False hides it. ``timeout``: seconds for the whole call (default none),
     after which it is cancelled. ``cluster``: default the current one, started
-    on first use. Interrupting the wait cancels the outstanding chunks.
+    on first use. ``retries``: re-runs of a chunk whose func raised (default
+    0). ``chunk_timeout``: seconds one chunk may run (default none).
+    ``attempts``: deliveries of a chunk whose worker process died (killed, out
+    of memory) before the call fails (default 3). Interrupting the wait
+    cancels the outstanding chunks.
     """
     future = cmap_async(
         func,
@@ -446,5 +496,8 @@ def cmap(
         progress=progress,
         timeout=timeout,
         cluster=cluster,
+        retries=retries,
+        chunk_timeout=chunk_timeout,
+        attempts=attempts,
     )
     return future.result()

@@ -4,34 +4,135 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
+import textwrap
 from collections.abc import Sequence
+from typing import Any
 
-from .app import ENV_BACKEND, ENV_BROKER, ENV_QUEUE, ENV_SECRET
+from .app import ENV_BACKEND, ENV_BROKER, ENV_QUEUE, ENV_SECRET, Settings, mask_url
+
+CONNECT_TIMEOUT = 4.0  # seconds the broker and the store get to answer before we give up
+EXIT_CONFIG = 2  # bad or missing settings
+EXIT_UNREACHABLE = 3  # the broker or the result store does not answer
+
+WORKER_EPILOG = f"""\
+examples:
+  # one worker machine of a deployment (same secret on the client and every worker):
+  export {ENV_SECRET}='a long random string'
+  celerynb worker --broker redis://:password@broker-host:6379/0 --concurrency 8
+
+  # RabbitMQ as the broker; the result backend (which also holds the chunk data) is Redis:
+  celerynb worker --broker amqps://user:password@broker-host:5671// \\
+                  --backend rediss://:password@broker-host:6380/0?ssl_cert_reqs=required
+
+  # the same with Celery's own CLI:
+  {ENV_BROKER}=redis://... {ENV_SECRET}=... celery -A celerynb.worker worker
+
+The notebook connects with celerynb.connect(broker_url, backend_url, secret=...)
+(or the same {ENV_BROKER} / {ENV_RESULT_BACKEND} / {ENV_SECRET} variables) and
+finds these workers on the queue derived from the secret. Arguments this command
+does not know (e.g. -E for Flower, --max-tasks-per-child N) go to `celery worker`.
+Exit codes: {EXIT_CONFIG} bad settings, {EXIT_UNREACHABLE} broker or store unreachable.
+""".replace("{ENV_RESULT_BACKEND}", ENV_BACKEND)
+
+
+class WorkerConfigError(Exception):
+    """The worker cannot start: a setting is missing or a service does not answer."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def worker_settings(args: argparse.Namespace) -> Settings:
+    """Settings from the command line, falling back to the ``CELERYNB_*`` variables."""
+    if args.queues and "," in args.queues:
+        raise WorkerConfigError(
+            "--queues takes one queue name (the client must pass the same queue=)", EXIT_CONFIG
+        )
+    try:
+        return Settings.from_env(
+            broker_url=args.broker, backend_url=args.backend, secret=args.secret, queue=args.queues
+        )
+    except ValueError as exc:
+        raise WorkerConfigError(str(exc), EXIT_CONFIG) from None
+
+
+def check_reachable(settings: Settings, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Raise WorkerConfigError (naming the masked URL) unless broker and store answer."""
+    from kombu import Connection
+
+    from . import store
+
+    targets = [("result backend", settings.backend_url)]
+    if settings.broker_url != settings.backend_url:
+        targets.insert(0, ("broker", settings.broker_url))
+    for what, url in targets:
+        try:
+            if url.startswith(("redis://", "rediss://", "unix://")):
+                client = store.connect(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+                try:
+                    client.ping()
+                finally:
+                    client.close()
+            else:
+                conn = Connection(url, connect_timeout=timeout)
+                try:
+                    conn.ensure_connection(
+                        max_retries=1, interval_start=0, interval_step=0, timeout=timeout
+                    )
+                finally:
+                    conn.release()
+        except Exception as exc:
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise WorkerConfigError(
+                f"cannot reach the {what} at {mask_url(url)}: {detail}", EXIT_UNREACHABLE
+            ) from None
+
+
+def _announce_ready(settings: Settings) -> Any:
+    """A worker_ready handler that says, in one line on stderr, where the worker listens."""
+
+    def ready(sender: Any = None, **_: Any) -> None:
+        name = getattr(sender, "hostname", "") or "worker"
+        print(
+            f"celerynb worker {name} ready: queue {settings.queue!r}, "
+            f"broker {mask_url(settings.broker_url)}, store {mask_url(settings.backend_url)}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return ready
 
 
 def _worker(args: argparse.Namespace, extra: list[str]) -> int:
-    for env, value in (
-        (ENV_BROKER, args.broker),
-        (ENV_BACKEND, args.backend),
-        (ENV_SECRET, args.secret),
-        (ENV_QUEUE, args.queues),
-    ):
-        if value:
-            os.environ[env] = value
-    os.environ.setdefault("C_FORCE_ROOT", "1")
-    from . import worker  # reads the environment
+    try:
+        settings = worker_settings(args)
+        check_reachable(settings, args.connect_timeout)
+    except WorkerConfigError as exc:
+        print(f"celerynb worker: error: {exc}", file=sys.stderr)
+        return exc.code
+    os.environ.update(settings.env())  # celerynb.worker reads its settings from here
+    os.environ.setdefault("C_FORCE_ROOT", "1")  # the payloads are signed; see README
+    from celery import signals
 
-    if worker.settings is None:
-        print(f"celerynb worker: {worker._config_error}", file=sys.stderr)
-        return 2
-    argv = ["--pool", "prefork", "--queues", worker.settings.queue, "--without-mingle",
-            "--without-gossip", "--loglevel", args.loglevel]  # fmt: skip
+    from . import worker
+
+    if worker.settings is None:  # pragma: no cover - the environment was just set
+        print(f"celerynb worker: error: {worker._config_error}", file=sys.stderr)
+        return EXIT_CONFIG
+    handler = _announce_ready(settings)
+    signals.worker_ready.connect(handler, weak=False)
+    hostname = args.hostname or f"celerynb-{os.getpid()}@{socket.gethostname()}"
+    argv = ["--pool", "prefork", "--queues", settings.queue, "--hostname", hostname,
+            "--without-mingle", "--without-gossip", "--loglevel", args.loglevel]  # fmt: skip
     if args.concurrency:
         argv += ["--concurrency", str(args.concurrency)]
-    if args.hostname:
-        argv += ["--hostname", args.hostname]
-    worker.main([*argv, *extra])
+    try:
+        worker.main([*argv, *extra])
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
 
 
@@ -41,27 +142,94 @@ def _demo(args: argparse.Namespace) -> int:
     return run(rows=args.rows, n_workers=args.workers)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``celerynb`` command."""
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``celerynb`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="celerynb", description="Parallel pandas / NumPy work on Celery workers."
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     w = sub.add_parser(
         "worker",
-        help="run a worker for an existing deployment",
-        description="Run a Celery worker that executes celerynb chunks. Extra arguments "
-        "are passed to `celery worker`.",
+        help="run a worker for an existing deployment (Redis or RabbitMQ broker)",
+        description=textwrap.dedent(
+            """\
+            Run a Celery worker (prefork pool) that executes celerynb chunks sent by
+            clients holding the same shared secret. The broker and the Redis result
+            backend are checked first: the command exits at once with an error if
+            either does not answer or the secret is missing."""
+        ),
+        epilog=WORKER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    w.add_argument("--broker", help=f"broker URL (default ${ENV_BROKER})")
     w.add_argument(
-        "--backend", help=f"Redis result backend URL (default ${ENV_BACKEND} or the broker)"
+        "--broker",
+        metavar="URL",
+        help=f"broker URL: redis://, rediss://, amqp:// or amqps:// (default ${ENV_BROKER})",
     )
-    w.add_argument("--secret", help=f"shared secret (default ${ENV_SECRET}); prefer the variable")
-    w.add_argument("--queues", help="queue to consume (default derived from the secret)")
-    w.add_argument("--concurrency", type=int, help="pool processes (default: one per core)")
-    w.add_argument("--hostname", help="worker name, e.g. name@%%h")
-    w.add_argument("--loglevel", default="WARNING", help="log level (default WARNING)")
+    w.add_argument(
+        "--backend",
+        metavar="URL",
+        help=f"Redis result backend, which also holds chunk data (default ${ENV_BACKEND}, "
+        "else the broker URL; required with a RabbitMQ broker)",
+    )
+    w.add_argument(
+        "--secret",
+        metavar="SECRET",
+        help=f"shared secret that signs every payload (default ${ENV_SECRET}; prefer the "
+        "variable: arguments are visible to other users in `ps`)",
+    )
+    w.add_argument(
+        "--queues",
+        metavar="NAME",
+        help=f"queue to consume (default ${ENV_QUEUE}, else celerynb-<key id of the secret>; "
+        "clients must then pass the same queue=)",
+    )
+    w.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        metavar="N",
+        help="pool processes (default: one per core)",
+    )
+    w.add_argument(
+        "--hostname",
+        metavar="NAME",
+        help="worker node name, unique per worker, e.g. gpu1@%%h "
+        "(default celerynb-<pid>@<this host>)",
+    )
+    w.add_argument(
+        "--loglevel",
+        default="WARNING",
+        metavar="LEVEL",
+        help="DEBUG, INFO, WARNING (default), ERROR",
+    )
+    w.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        default=CONNECT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long the start-up check waits for the broker and store (default "
+        f"{CONNECT_TIMEOUT:g})",
+    )
     d = sub.add_parser(
         "demo",
         help="run a CPU-bound demo on the embedded cluster",
@@ -70,6 +238,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     d.add_argument("--rows", type=int, default=200_000, help="rows in the frame (default 200000)")
     d.add_argument("--workers", type=int, default=None, help="pool processes (default: cores)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``celerynb`` command."""
+    parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "worker":
         return _worker(args, extra)

@@ -41,6 +41,8 @@ class Cluster:
     """
 
     kind = "remote"
+    broker_timeout = 30.0  # seconds a call tolerates an unreachable store before failing
+    generation = 0  # bumped each time the cluster replaces a dead worker
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -107,6 +109,10 @@ class Cluster:
                 f"`celerynb worker --broker URL` and the same CELERYNB_SECRET"
             )
         return total
+
+    def ensure_worker(self) -> bool:
+        """Replace a dead worker (embedded clusters only); True if one was replaced."""
+        return False
 
     # -- lifecycle ---------------------------------------------------------
     def close(self) -> None:
@@ -196,6 +202,7 @@ class LocalCluster(Cluster):
         self.redis_proc: subprocess.Popen[bytes] | None = None
         self.worker_proc: subprocess.Popen[bytes] | None = None
         self.closed = False
+        self._restart_lock = threading.Lock()
         self.started = time.perf_counter()
         self._finalizer = weakref.finalize(self, _stop, self.dir, [])
         try:
@@ -302,6 +309,28 @@ class LocalCluster(Cluster):
 
     def __enter__(self) -> LocalCluster:
         return self
+
+    def ensure_worker(self) -> bool:
+        """If the worker process died (killed, crashed), start a new one and return True.
+
+        Its reservations are dropped from the broker: calls in flight
+        re-publish their outstanding chunks when they see ``generation`` change.
+        """
+        with self._restart_lock:
+            proc = self.worker_proc
+            if self.closed or proc is None or proc.poll() is None:
+                return False
+            _stop_procs([proc], grace=0)  # whatever is left of its pool
+            store.delete(self.redis, ["unacked", "unacked_index"])
+            self._start_worker()
+            self._wait_ready()
+            self.generation += 1
+            return True
+
+    def restart(self) -> None:
+        """Stop everything and start afresh (new Redis, new worker, same size)."""
+        self.close()
+        type(self).__init__(self, self.concurrency, timeout=self.timeout)
 
     def worker_log(self, lines: int = 30) -> str:
         """The last lines of the worker's log."""

@@ -20,6 +20,7 @@ from typing import Any
 import cloudpickle
 import redis
 from celery import Celery, Task, signals
+from celery.exceptions import SoftTimeLimitExceeded
 
 from . import serialization, store
 from ._proc import die_with_parent
@@ -142,8 +143,13 @@ def _finish(
 
 
 @app.task(name=RUN_CHUNK, bind=True)
-def run_chunk(self: Task, call: str, index: int, max_tries: int, chord: bool) -> int | None:
-    """Run the call's function on chunk ``index``; push the result record."""
+def run_chunk(self: Task, call: str, index: int, opts: dict[str, Any]) -> int | None:
+    """Run the call's function on chunk ``index``; push the result record.
+
+    ``opts``: ``attempts`` (deliveries before a dying worker is given up on),
+    ``retries`` (re-runs when func raises), ``chord`` (store for the reducer).
+    """
+    max_tries, retries, chord = opts["attempts"], opts.get("retries", 0), opts.get("chord")
     started = time.perf_counter()
     keys = CallKeys(call)
     worker = self.request.hostname or ""
@@ -171,8 +177,19 @@ def run_chunk(self: Task, call: str, index: int, max_tries: int, chord: bool) ->
         return None
     try:
         func, _ = _load_job(call, job_blob)
-        value = func(serialization.loads(_secret(), chunk_blob))
+        chunk = serialization.loads(_secret(), chunk_blob)
         del chunk_blob
+        for attempt in range(retries + 1):
+            try:
+                value = func(chunk)
+                break
+            except SoftTimeLimitExceeded:
+                raise
+            except Exception as exc:
+                if attempt == retries:
+                    if retries:
+                        exc.add_note(f"(failed {retries + 1} times: retries={retries})")
+                    raise
         if chord:
             part = serialization.dumps(_secret(), value)
             record: tuple[Any, ...] = (index, STORED, None, _meta(self, started))
@@ -181,6 +198,10 @@ def run_chunk(self: Task, call: str, index: int, max_tries: int, chord: bool) ->
             _finish(keys, keys.chunk(index), (index, OK, value, _meta(self, started)), index)
         return index
     except Exception as exc:
+        if isinstance(exc, SoftTimeLimitExceeded):
+            exc = TimeoutError(
+                f"the chunk ran longer than chunk_timeout={opts.get('chunk_timeout')} s"
+            ).with_traceback(exc.__traceback__)
         failure = failure_of(exc, worker)
         _finish(keys, keys.chunk(index), (index, ERROR, failure, _meta(self, started)), index)
         return None
