@@ -30,11 +30,11 @@ examples:
   {ENV_BROKER}=redis://... {ENV_SECRET}=... celery -A celerynb.worker worker
 
 The notebook connects with celerynb.connect(broker_url, backend_url, secret=...)
-(or the same {ENV_BROKER} / {ENV_RESULT_BACKEND} / {ENV_SECRET} variables) and
-finds these workers on the queue derived from the secret. Arguments this command
+(or the same {ENV_BROKER} / {ENV_BACKEND} / {ENV_SECRET}
+variables) and finds these workers on the queue derived from the secret. Arguments this command
 does not know (e.g. -E for Flower, --max-tasks-per-child N) go to `celery worker`.
 Exit codes: {EXIT_CONFIG} bad settings, {EXIT_UNREACHABLE} broker or store unreachable.
-""".replace("{ENV_RESULT_BACKEND}", ENV_BACKEND)
+"""
 
 
 class WorkerConfigError(Exception):
@@ -56,12 +56,15 @@ def worker_settings(args: argparse.Namespace) -> Settings:
             broker_url=args.broker, backend_url=args.backend, secret=args.secret, queue=args.queues
         )
     except ValueError as exc:
-        raise WorkerConfigError(str(exc), EXIT_CONFIG) from None
+        message = str(exc).replace("or pass secret=", "or pass --secret")
+        raise WorkerConfigError(
+            message.replace("pass a broker URL", "pass --broker"), EXIT_CONFIG
+        ) from None
 
 
 def check_reachable(settings: Settings, timeout: float = CONNECT_TIMEOUT) -> None:
     """Raise WorkerConfigError (naming the masked URL) unless broker and store answer."""
-    from kombu import Connection
+    from kombu.connection import Connection
 
     from . import store
 

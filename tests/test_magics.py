@@ -1,0 +1,189 @@
+"""The ``%celerynb`` magics, through a real IPython shell and real clusters."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+import celerynb
+from celerynb import cluster as cluster_module
+from celerynb import magics
+from celerynb.magics import USAGE
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is as good as dead
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_dead(pids: list[int], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids):
+        assert time.monotonic() < deadline, f"still alive: {[p for p in pids if _alive(p)]}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def ip(monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
+    """A shell with the extension loaded and no current cluster; unloaded afterwards."""
+    shell = InteractiveShell.instance()
+    monkeypatch.setattr(cluster_module, "_current", None)
+    monkeypatch.delenv("CELERYNB_BROKER_URL", raising=False)
+    shell.run_line_magic("load_ext", "celerynb")
+    yield shell
+    shell.run_line_magic("unload_ext", "celerynb")
+    current = celerynb.current(start=False)
+    if current is not None and current.kind == "remote":
+        current.close()
+
+
+def test_loading_starts_nothing(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "celerynb" in ip.magics_manager.magics["line"]
+    assert celerynb.current(start=False) is None
+    assert magics._started == []
+    ip.run_line_magic("celerynb", "status")
+    assert "no cluster yet" in capsys.readouterr().out
+    assert celerynb.current(start=False) is None
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ("", "a subcommand is needed"),
+        ("bogus", "unknown subcommand 'bogus'"),
+        ("start -n", "-n needs a number"),
+        ("start -n x", "-n wants a positive integer, got 'x'"),
+        ("start -n 0", "-n wants a positive integer, got '0'"),
+        ("start --workers 2", "unexpected argument '--workers' for start"),
+        ("connect", "connect takes one broker URL"),
+        ("connect a b", "connect takes one broker URL"),
+        ("status now", "status takes no arguments"),
+        ("stop 'unclosed", "No closing quotation"),
+    ],
+)
+def test_usage_errors(ip: InteractiveShell, line: str, problem: str) -> None:
+    with pytest.raises(UsageError) as info:
+        ip.run_line_magic("celerynb", line)
+    assert problem in str(info.value)
+    assert str(info.value).endswith(USAGE)
+    assert celerynb.current(start=False) is None
+
+
+def test_usage_error_in_a_cell(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    result = ip.run_cell("%celerynb frobnicate")
+    assert isinstance(result.error_in_exec, UsageError)
+    printed = capsys.readouterr()
+    assert "unknown subcommand 'frobnicate'" in printed.err + printed.out
+    assert "Traceback" not in printed.err + printed.out
+
+
+def test_start_status_stop_restart(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.run_line_magic("celerynb", "start -n 1")
+    local = celerynb.current(start=False)
+    assert isinstance(local, celerynb.LocalCluster) and local.concurrency == 1
+    assert "celerynb: started <LocalCluster running workers=1" in capsys.readouterr().out
+
+    ip.run_line_magic("celerynb", "start")  # a second start replaces nothing
+    assert "already using" in capsys.readouterr().out
+    assert celerynb.current(start=False) is local
+
+    # status while a chunk runs and others wait
+    future = celerynb.cmap_async(lambda xs: time.sleep(1.5), list(range(4)), chunks=4,
+                                 progress=False)  # fmt: skip
+    time.sleep(0.5)
+    ip.run_line_magic("celerynb", "status")
+    status = capsys.readouterr().out
+    password = local.settings.broker_url.split(":")[2].split("@")[0]
+    assert password not in status
+    assert "cluster:  local (running) (started by %celerynb)" in status
+    assert "broker:   redis://:***@127.0.0.1:" in status
+    assert "workers:  1 worker(s), concurrency 1 in all" in status
+    assert f"  {local.hostname}: concurrency 1" in status
+    assert "chunks:   " in status and " 1 running" in status
+    future.cancel()
+
+    pids = local.pids
+    ip.run_line_magic("celerynb", "restart")
+    fresh = celerynb.current(start=False)
+    assert fresh is not local and isinstance(fresh, celerynb.LocalCluster)
+    assert local.closed and fresh.concurrency == 1
+    _wait_dead(pids)
+    assert celerynb.cmap(lambda xs: [x * 3 for x in xs], [1, 2], progress=False) == [3, 6]
+
+    pids = fresh.pids
+    ip.run_line_magic("celerynb", "stop")
+    assert "celerynb: stopped <LocalCluster closed" in capsys.readouterr().out
+    assert fresh.closed and celerynb.current(start=False) is None
+    _wait_dead(pids)
+    ip.run_line_magic("celerynb", "stop")
+    assert "no cluster to stop" in capsys.readouterr().out
+
+
+def test_unload_stops_what_the_magics_started(ip: InteractiveShell) -> None:
+    ip.run_line_magic("celerynb", "start -n 1")
+    local = celerynb.current(start=False)
+    assert isinstance(local, celerynb.LocalCluster)
+    pids = local.pids
+    assert pids and all(_alive(p) for p in pids)
+    ip.run_line_magic("unload_ext", "celerynb")
+    assert local.closed
+    _wait_dead(pids)
+    ip.run_line_magic("load_ext", "celerynb")  # the fixture unloads it again
+
+
+def test_unload_leaves_other_clusters(ip: InteractiveShell, cluster: celerynb.LocalCluster) -> None:
+    ip.run_line_magic("unload_ext", "celerynb")
+    assert not cluster.closed
+    ip.run_line_magic("load_ext", "celerynb")
+
+
+def test_connect(
+    ip: InteractiveShell,
+    cluster: celerynb.LocalCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``connect URL`` uses an existing deployment: here the session cluster's broker."""
+    ip.run_line_magic("celerynb", "start -n 1")
+    started = celerynb.current(start=False)
+    assert isinstance(started, celerynb.LocalCluster)
+    monkeypatch.setenv("CELERYNB_SECRET", cluster.settings.secret)
+    ip.run_line_magic("celerynb", f"connect {cluster.settings.broker_url}")
+    out = capsys.readouterr().out
+    assert "celerynb: stopped <LocalCluster closed" in out  # the one the magics started
+    assert "celerynb: connected: <Cluster connected broker='redis://:***@127.0.0.1" in out
+    assert started.closed
+    remote = celerynb.current(start=False)
+    assert remote is not None and remote.kind == "remote"
+    ip.run_line_magic("celerynb", "status")
+    status = capsys.readouterr().out
+    assert "cluster:  remote (connected)" in status
+    assert f"  {cluster.hostname}: concurrency {cluster.concurrency}" in status
+    assert "chunks:   0 queued, 0 running" in status
+    assert celerynb.cmap(lambda xs: [-x for x in xs], [1, 2], progress=False) == [-1, -2]
+
+    ip.run_line_magic("celerynb", "restart")
+    assert "reconnected" in capsys.readouterr().out
+    again = celerynb.current(start=False)
+    assert again is not remote and again is not None and again.kind == "remote"
+    ip.run_line_magic("celerynb", "stop")
+    assert "disconnected from" in capsys.readouterr().out
+    assert not cluster.closed  # the deployment itself keeps running
+
+
+def test_connect_failure_is_a_clean_error(ip: InteractiveShell) -> None:
+    with pytest.raises(UsageError, match="cannot connect"):
+        ip.run_line_magic("celerynb", "connect redis://127.0.0.1:1/0")
+    assert celerynb.current(start=False) is None

@@ -1,0 +1,364 @@
+"""Progress displays: widget state, text fallbacks, choice of display, update rate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+import celerynb
+from celerynb import progress
+from celerynb.progress import (
+    NoDisplay,
+    NotebookTextDisplay,
+    Progress,
+    TextDisplay,
+    WidgetDisplay,
+    format_rate,
+    format_seconds,
+    make_display,
+)
+
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+RAW_REPRS = ("HBox(children", "IntProgress(", "VBox(children")
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = Path(__file__).parent / "notebooks"
+
+
+class FakeFuture:
+    """The part of a MapFuture that displays read (n_chunks, n_items, started, cancel)."""
+
+    def __init__(self, n_chunks: int = 4, n_items: int = 100) -> None:
+        self.n_chunks = n_chunks
+        self.n_items = n_items
+        self.started = time.monotonic()
+        self.cluster = None
+        self.cancels = 0
+
+    def cancel(self) -> bool:
+        self.cancels += 1
+        return True
+
+
+@pytest.fixture(scope="module")
+def shell() -> InteractiveShell:
+    return InteractiveShell.instance()
+
+
+def slow_double(xs: list[int]) -> list[int]:
+    time.sleep(0.25)
+    return [x * 2 for x in xs]
+
+
+# -- formatting ------------------------------------------------------------------
+def test_format_seconds() -> None:
+    assert format_seconds(0.423) == "0.42 s"
+    assert format_seconds(4.23) == "4.2 s"
+    assert format_seconds(42.3) == "42 s"
+    assert format_seconds(242) == "4:02"
+    assert format_seconds(3842) == "1:04:02"
+
+
+def test_format_rate() -> None:
+    assert format_rate(0) == "0"
+    assert format_rate(950) == "950"
+    assert format_rate(9_512) == "9.51k"
+    assert format_rate(1_234_567) == "1.23M"
+
+
+def test_progress_parts_and_summary() -> None:
+    p = Progress(FakeFuture(n_chunks=8, n_items=1000))
+    assert p.header() == "cmap: 8 chunks, 1,000 items"
+    p.started -= 2.0
+    p.set(2, 250, 3)
+    parts = p.parts()
+    assert parts[:2] == ["2/8 chunks", "250/1,000 items"]
+    assert parts[2].endswith("elapsed")
+    assert parts[3].startswith("ETA ") and parts[3] != "ETA -"
+    assert parts[4].endswith("items/s")
+    assert parts[5] == "3 workers busy"
+    p.set(8, 1000, 0)
+    p.end("finished", "")
+    assert p.summary().startswith("cmap finished: 8/8 chunks, 1,000 items in 2.")
+    q = Progress(FakeFuture())
+    q.end("failed", "chunk 1 of 4 (positions 25:50) failed: ValueError: x")
+    assert q.summary().endswith("- chunk 1 of 4 (positions 25:50) failed: ValueError: x")
+
+
+# -- the widget ----------------------------------------------------------------
+def test_widget_updates_and_finishes(shell: InteractiveShell) -> None:
+    future = FakeFuture(n_chunks=4, n_items=100)
+    with capture_output() as cap:
+        d = WidgetDisplay(future)
+    assert d.bar.max == 4 and d.bar.value == 0 and d.bar.bar_style == "info"
+    assert "0/4 chunks" in d.label.value and "0/100 items" in d.label.value
+    bundle = cap.outputs[0].data
+    assert WIDGET_MIME in bundle
+    assert bundle["text/plain"] == "cmap: 4 chunks, 100 items"
+
+    d.update(1, 25, 2)
+    assert d.bar.value == 1
+    for text in ("1/4 chunks", "25/100 items", "elapsed", "ETA", "items/s", "2 workers busy"):
+        assert text in d.label.value
+    d.update(2, 50, 2)  # within the refresh interval: kept, not sent
+    assert d.bar.value == 1 and d.progress.chunks_done == 2
+    d.update(4, 100, 0)  # complete: always sent
+    assert d.bar.value == 4
+    with capture_output() as cap:
+        d.close("finished")
+    assert d.bar.value == d.bar.max and d.bar.bar_style == "success"
+    assert "finished" in d.label.value and "4/4 chunks" in d.label.value
+    assert "100 items in" in d.label.value
+    assert d.button.layout.display == "none"
+    final = cap.outputs[-1].data["text/plain"]
+    assert final.startswith("cmap finished: 4/4 chunks, 100 items in")
+    d.update(1, 1, 1)  # late updates after close are ignored
+    assert d.bar.value == 4
+
+
+def test_widget_failed_names_chunk(shell: InteractiveShell) -> None:
+    with capture_output():
+        d = WidgetDisplay(FakeFuture())
+        d.update(1, 25, 1)
+        d.close("failed", "chunk 2 of 4 (positions 50:75) failed on worker w1: KeyError: 'x'")
+    assert d.bar.bar_style == "danger" and d.bar.value == 1
+    assert "failed" in d.label.value
+    assert "chunk 2 of 4 (positions 50:75)" in d.label.value
+    assert "KeyError: &#x27;x&#x27;" in d.label.value  # escaped
+    d.close("finished")  # only the first close counts
+    assert d.bar.bar_style == "danger"
+
+
+def test_widget_cancel_button_calls_cancel(shell: InteractiveShell) -> None:
+    future = FakeFuture()
+    with capture_output():
+        d = WidgetDisplay(future)
+    d.button.click()
+    assert future.cancels == 1 and d.button.disabled
+    with capture_output():
+        d.close("cancelled", "the call was cancelled (0 of 4 chunks done)")
+    assert d.bar.bar_style == "warning" and "cancelled" in d.label.value
+
+
+def test_notebook_text_display(shell: InteractiveShell) -> None:
+    with capture_output() as cap:
+        d = NotebookTextDisplay(FakeFuture(n_chunks=2, n_items=10))
+        d.update(1, 5, 1)
+        d.update(2, 10, 0)
+        d.close("finished")
+    texts = [o.data["text/plain"] for o in cap.outputs]
+    assert texts[0] == "cmap: 2 chunks, 10 items"
+    assert texts[-1].startswith("cmap finished: 2/2 chunks, 10 items in")
+    assert all(WIDGET_MIME not in o.data for o in cap.outputs)
+
+
+# -- choosing a display ------------------------------------------------------------
+@pytest.mark.parametrize("choice", [False, None])
+def test_no_display(choice: Any) -> None:
+    assert isinstance(make_display(choice, FakeFuture()), NoDisplay)
+
+
+@pytest.mark.parametrize("choice", ["bar", "Widget", 1, 0, 2.0, "", ["text"]])
+def test_invalid_choice(choice: Any) -> None:
+    with pytest.raises(ValueError, match="progress must be one of"):
+        make_display(choice, FakeFuture())
+
+
+def test_choice_outside_a_kernel(shell: InteractiveShell) -> None:
+    assert not progress.in_kernel()
+    for choice in (True, "auto", "text"):
+        d = make_display(choice, FakeFuture())
+        assert isinstance(d, TextDisplay)
+        d.close("finished")
+    with capture_output():
+        assert isinstance(make_display("widget", FakeFuture()), WidgetDisplay)
+
+
+def test_auto_in_a_kernel(shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress, "in_kernel", lambda: True)
+    with capture_output():
+        assert isinstance(make_display(True, FakeFuture()), WidgetDisplay)
+        assert isinstance(make_display("auto", FakeFuture()), WidgetDisplay)
+        assert isinstance(make_display("text", FakeFuture()), TextDisplay)
+        monkeypatch.setattr(progress, "has_ipywidgets", lambda: False)
+        assert isinstance(make_display(True, FakeFuture()), NotebookTextDisplay)
+        with pytest.raises(ImportError, match="pip install"):
+            make_display("widget", FakeFuture())
+
+
+# -- with a real cluster -----------------------------------------------------------
+def test_widget_with_real_calls(cluster: celerynb.LocalCluster, shell: InteractiveShell) -> None:
+    """Two calls in one cell give two bars; each ends complete with a clean summary."""
+    df = pd.DataFrame({"a": range(40)})
+    with capture_output() as cap:
+        first = celerynb.cmap_async(
+            lambda d: d * 2, df, chunks=4, progress="widget", cluster=cluster
+        )
+        second = celerynb.cmap_async(
+            lambda d: d + 1, df, chunks=5, progress="widget", cluster=cluster
+        )
+        pd.testing.assert_frame_equal(first.result(30), df * 2)
+        pd.testing.assert_frame_equal(second.result(30), df + 1)
+    ids = {o.data[WIDGET_MIME]["model_id"] for o in cap.outputs if WIDGET_MIME in o.data}
+    assert len(ids) == 2
+    for out in cap.outputs:
+        assert not any(raw in out.data["text/plain"] for raw in RAW_REPRS)
+    for future, n in ((first, 4), (second, 5)):
+        d = future._display
+        assert isinstance(d, WidgetDisplay)
+        assert (d.bar.value, d.bar.max, d.bar.bar_style) == (n, n, "success")
+        assert f"{n}/{n} chunks" in d.label.value and "40 items in" in d.label.value
+
+
+def test_widget_real_failure_and_cancel(
+    cluster: celerynb.LocalCluster, shell: InteractiveShell
+) -> None:
+    def bad(xs: list[int]) -> list[int]:
+        if 7 in xs:
+            raise ValueError("seven")
+        return xs
+
+    with capture_output():
+        failing = celerynb.cmap_async(bad, list(range(20)), chunks=4, progress="widget",
+                                      cluster=cluster)  # fmt: skip
+        with pytest.raises(ValueError, match="seven"):
+            failing.result(30)
+        d = failing._display
+        assert d.bar.bar_style == "danger"
+        assert "chunk 1 of 4 (positions 5:10)" in d.label.value
+
+        slow = celerynb.cmap_async(lambda xs: time.sleep(30), list(range(20)), chunks=4,
+                                   progress="widget", cluster=cluster)  # fmt: skip
+        time.sleep(0.3)
+        slow._display.button.click()  # the Cancel button
+        assert slow.state == "cancelled"
+        assert slow._display.bar.bar_style == "warning"
+        assert "cancelled" in slow._display.label.value
+        # the cluster is ready for the next call
+        assert celerynb.cmap(slow_double, [1, 2, 3], progress="widget", cluster=cluster) == [2, 4, 6]
+
+
+def test_widget_update_rate(cluster: celerynb.LocalCluster, shell: InteractiveShell) -> None:
+    """The widget refreshes several times a second (and never much more than 12)."""
+    with capture_output():
+        future = celerynb.cmap_async(
+            slow_double, list(range(64)), chunks=16, progress="widget", cluster=cluster
+        )
+        future.result(60)
+    d = future._display
+    rate = d.updates / d.progress.elapsed
+    print(f"\nwidget update rate: {rate:.1f} refreshes/s over {d.progress.elapsed:.1f} s")
+    assert 4 <= rate <= 13
+
+
+# -- clean fallbacks, in subprocesses ------------------------------------------------
+BLOCKER = """
+import importlib.abc, sys
+
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "ipywidgets" or name.startswith("ipywidgets."):
+            raise ModuleNotFoundError("No module named 'ipywidgets' (blocked by the test)")
+        return None
+
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def _env(tmp_path: Path, block_widgets: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
+        env[name] = str(tmp_path / name.lower())
+    paths = [str(REPO)]
+    if block_widgets:
+        (tmp_path / "blocker").mkdir(exist_ok=True)
+        (tmp_path / "blocker" / "sitecustomize.py").write_text(BLOCKER)
+        paths.insert(0, str(tmp_path / "blocker"))
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.pop("CELERYNB_BROKER_URL", None)
+    return env
+
+
+def test_script_without_ipywidgets(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        """
+        import celerynb
+        try:
+            import ipywidgets
+        except ImportError:
+            print("blocked")
+        with celerynb.LocalCluster(n_workers=1) as c:
+            print(celerynb.cmap(lambda xs: [x + 1 for x in xs], list(range(10)), cluster=c))
+            try:
+                celerynb.cmap(len, [1, 2], cluster=c, progress="widget")
+            except ImportError as exc:
+                print("ImportError:", exc)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=_env(tmp_path, block_widgets=True),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "blocked"
+    assert lines[1] == str(list(range(1, 11)))
+    assert "progress='widget' needs ipywidgets: pip install" in lines[2]
+    assert "cmap: 100%" in out.stderr  # the tqdm bar
+
+
+def _execute(notebook: Path, tmp_path: Path, block_widgets: bool) -> dict[str, Any]:
+    out_dir = tmp_path / ("blocked" if block_widgets else "widgets")
+    result = subprocess.run(
+        [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+         "--ExecutePreprocessor.timeout=120", "--output-dir", str(out_dir), str(notebook)],
+        env=_env(tmp_path, block_widgets),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    nb: dict[str, Any] = json.loads((out_dir / notebook.name).read_text())
+    return nb
+
+
+def _outputs(nb: dict[str, Any]) -> list[dict[str, Any]]:
+    return [o for cell in nb["cells"] if cell["cell_type"] == "code" for o in cell["outputs"]]
+
+
+def _plain(output: dict[str, Any]) -> str:
+    text = output.get("data", {}).get("text/plain", output.get("text", ""))
+    return "".join(text) if isinstance(text, list) else str(text)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block_widgets", [False, True], ids=["ipywidgets", "no-ipywidgets"])
+def test_nbconvert_execute_is_clean(tmp_path: Path, block_widgets: bool) -> None:
+    """Under ``nbconvert --execute`` every output is clean text ending in a summary."""
+    nb = _execute(NOTEBOOKS / "progress_fallback.ipynb", tmp_path, block_widgets)
+    outputs = _outputs(nb)
+    texts = [_plain(o) for o in outputs]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    assert not any(raw in t for t in texts for raw in RAW_REPRS + ("Traceback",)), texts
+    summaries = [t for t in texts if t.startswith("cmap finished: 8/8 chunks, 40 items in")]
+    assert len(summaries) == 2, texts  # two calls in one cell: two displays
+    assert "[0, 2, 4, 6, 8]" in texts[-1]
+    has_widgets = any(WIDGET_MIME in o.get("data", {}) for o in outputs)
+    assert has_widgets is not block_widgets
+    stderr = [o for o in outputs if o.get("name") == "stderr"]
+    assert not stderr, stderr  # no tqdm \r noise in a notebook
