@@ -125,6 +125,7 @@ class MapFuture:
     def _submit(self, job: bytes) -> None:
         assert self.cluster is not None and self.plan is not None
         cluster, plan, secret = self.cluster, self.plan, self.cluster.settings.secret
+        store.check_size(job, "func (with everything it refers to)", "pass big objects as data")
         pipe = cluster.redis.pipeline(transaction=False)
         pipe.set(self.keys.func, serialization.sign(secret, job), ex=store.TTL)
         buffered = 0
@@ -137,6 +138,11 @@ class MapFuture:
                     f"{plan.info(i).describe()} of the data cannot be pickled "
                     f"({type(exc).__name__}: {exc}); pass data made of picklable objects"
                 ) from exc
+            try:
+                store.check_size(blob, plan.info(i).describe(), "pass more chunks (chunks=...)")
+            except store.PayloadTooLarge:
+                self._cleanup()
+                raise
             pipe.set(self.keys.chunk(i), blob, ex=store.TTL)
             buffered += len(blob)
             del blob

@@ -165,7 +165,9 @@ def join(parts: list[Any]) -> Any:
     kinds = set(categories)
     if len(kinds) > 1 and kinds != {"other"}:
         first = {c: i for i, c in reversed(list(enumerate(categories)))}
-        seen = ", ".join(f"chunk {i} returned {type(parts[i]).__name__}" for i in first.values())
+        seen = ", ".join(
+            f"chunk {i} returned {type(parts[i]).__name__}" for i in sorted(first.values())
+        )
         raise TypeError(
             f"func returned inconsistent types across chunks ({seen}): return the same "
             "type from every chunk so the results can be joined"

@@ -56,9 +56,25 @@ def _parse_start(args: list[str]) -> int | None:
 
 def _queued(cluster: Any) -> int | None:
     """Messages waiting in the cluster's queue on the broker (None if it cannot tell)."""
+    settings = cluster.settings
     try:
+        if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+            import redis
+
+            same = settings.broker_url == settings.backend_url
+            client = cluster.redis if same else redis.Redis.from_url(settings.broker_url)
+            # kombu's Redis transport keeps one list per priority step
+            names = [settings.queue] + [f"{settings.queue}\x06\x16{p}" for p in (3, 6, 9)]
+            try:
+                pipe = client.pipeline(transaction=False)
+                for name in names:
+                    pipe.llen(name)
+                return int(sum(pipe.execute()))
+            finally:
+                if not same:
+                    client.close()
         with cluster.app.connection_for_read() as conn:
-            declared = conn.default_channel.queue_declare(cluster.settings.queue, passive=True)
+            declared = conn.default_channel.queue_declare(settings.queue, passive=True)
             return int(declared.message_count)
     except Exception:
         return None

@@ -7,6 +7,7 @@ All keys of a call share the prefix ``celerynb:<call id>:`` and expire after
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import redis
 
 TTL = 24 * 3600
+# Redis refuses values over 512 MiB (proto-max-bulk-len); stay below it
+MAX_PAYLOAD = int(os.environ.get("CELERYNB_MAX_PAYLOAD", 512 * 2**20 - 2**16))
 PREFIX = "celerynb:"
 
 OK = "ok"
@@ -76,6 +79,19 @@ def chord_keys(call: str, n_chunks: int) -> list[str]:
     group = f"celery-taskset-meta-{group_id(call)}"
     tasks = [f"celery-task-meta-{task_id(call, i)}" for i in [*range(n_chunks), REDUCED]]
     return [*tasks, group, *(group + suffix for suffix in (".j", ".t", ".s", ".d", ".c"))]
+
+
+class PayloadTooLarge(ValueError):
+    """A chunk or a result is larger than the store accepts."""
+
+
+def check_size(blob: bytes, what: str, fix: str) -> None:
+    """Raise PayloadTooLarge (naming ``what`` and the ``fix``) if ``blob`` is too big."""
+    if len(blob) > MAX_PAYLOAD:
+        raise PayloadTooLarge(
+            f"{what} is {len(blob) / 2**20:.1f} MiB serialized, more than the "
+            f"{MAX_PAYLOAD / 2**20:.1f} MiB a Redis value may hold; {fix}"
+        )
 
 
 def connect(url: str, **kwargs: Any) -> redis.Redis:

