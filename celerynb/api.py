@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextlib
 import html
 import pickle
 import threading
@@ -25,6 +26,12 @@ from .store import ERROR, OK, REDUCED, STORED, CallKeys
 
 TICK = 0.1  # seconds a poll waits for news before the display is refreshed
 _PUSH_BYTES = 32 * 2**20  # chunk bytes buffered before a pipeline is flushed
+
+
+def _batch(producer: Any) -> contextlib.AbstractContextManager[Any]:
+    """kombu's batched publishing (one round trip per 1000 messages) where available."""
+    batch = getattr(producer, "batch", None)
+    return batch(max_size=1000) if batch is not None else contextlib.nullcontext()
 
 
 def _describe_unpicklable(func: Callable[..., Any], exc: Exception) -> str:
@@ -168,10 +175,10 @@ class MapFuture:
         self.state = "running"
 
     def _publish(self, indices: Iterable[int]) -> None:
-        """Send the task messages of chunks ``indices`` (map mode), one producer."""
+        """Send the task messages of chunks ``indices`` (map mode) in pipelined batches."""
         assert self.cluster is not None
         app, queue = self.cluster.app, self.cluster.settings.queue
-        with app.producer_or_acquire() as producer:
+        with app.producer_or_acquire() as producer, _batch(producer):
             for i in indices:
                 app.send_task(
                     RUN_CHUNK,

@@ -118,9 +118,10 @@ class Worker:
 
 
 def worker_env(secret: str, **extra: str) -> dict[str, str]:
-    """The environment of a worker: no CELERYNB_* from the test process, no PYTHONPATH."""
+    """A worker's environment: no CELERYNB_* of the test process, and on its path only the
+    celerynb under test (not the tests, not the client's cwd)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELERYNB_")}
-    env.pop("PYTHONPATH", None)
+    env["PYTHONPATH"] = str(Path(celerynb.__file__).resolve().parents[1])
     env.update(CELERYNB_SECRET=secret, C_FORCE_ROOT="1", **extra)
     return env
 
@@ -180,6 +181,7 @@ def delete_broker_state(settings: Settings) -> None:
                 (channel.queue_delete, queue),
                 (channel.exchange_delete, queue),
                 (channel.exchange_delete, f"{queue}.pidbox"),
+                (channel.exchange_delete, f"reply.{queue}.pidbox"),
             ):
                 with contextlib.suppress(Exception):
                     delete(name)
@@ -190,6 +192,9 @@ def delete_broker_state(settings: Settings) -> None:
         keys = list(client.scan_iter(match=f"*{queue}*", count=1000))
         if keys:
             client.delete(*keys)
+        stale = [m for m in client.zrange("_kombu.binding_deadlines", 0, -1) if queue.encode() in m]
+        if stale:
+            client.zrem("_kombu.binding_deadlines", *stale)
         client.close()
 
 
