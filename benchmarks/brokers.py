@@ -56,7 +56,7 @@ def deployment(broker: str, backend: str, concurrency: int) -> Iterator[celerynb
             "--concurrency", str(concurrency)]  # fmt: skip
     if backend:
         args += ["--backend", backend]
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
     proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)  # fmt: skip
     settings = Settings(broker, secret=secret, backend_url=backend)
@@ -78,6 +78,7 @@ def deployment(broker: str, backend: str, concurrency: int) -> Iterator[celerynb
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        log.close()
         _delete_queue(settings)
 
 
@@ -115,56 +116,64 @@ def timed(fn: Callable[[], Any], repeat: int) -> float:
     return statistics.median(times)
 
 
-def run(broker: str, backend: str, repeat: int, cores: int) -> dict[str, float]:
-    """The workloads' median seconds on one broker."""
-    frame = pd.DataFrame({"a": np.arange(40_000), "b": np.linspace(0, 1, 40_000)})
+def workloads(c: celerynb.Cluster) -> dict[str, Callable[[], Any]]:
+    """The workloads, each a call on cluster ``c``."""
+    frame = pd.DataFrame({"a": np.arange(60_000), "b": np.linspace(0, 1, 60_000)})
     big = pd.DataFrame(np.random.default_rng(0).random((4_000_000, 2)), columns=["x", "y"])
-    with deployment(broker, backend, cores) as c:
-        return {
-            "tiny": timed(
-                lambda: celerynb.cmap(sum, list(range(500)), chunks=500, cluster=c, progress=False),
-                repeat,
-            ),
-            "latency": timed(
-                lambda: celerynb.cmap(sum, [1], chunks=1, cluster=c, progress=False), repeat * 4
-            ),
-            "cpu": timed(
-                lambda: celerynb.cmap(score_rows, frame, cluster=c, progress=False), repeat
-            ),
-            "data": timed(
-                lambda: celerynb.cmap(lambda d: d * 2, big, cluster=c, progress=False), repeat
-            ),  # fmt: skip
-        }
+    tiny = list(range(500))
+    return {
+        "tiny": lambda: celerynb.cmap(sum, tiny, chunks=500, cluster=c, progress=False),
+        "latency": lambda: celerynb.cmap(sum, [1], chunks=1, cluster=c, progress=False),
+        "cpu": lambda: celerynb.cmap(score_rows, frame, cluster=c, progress=False),
+        "data": lambda: celerynb.cmap(_double, big, cluster=c, progress=False),
+    }
+
+
+def _double(chunk: pd.DataFrame) -> pd.DataFrame:
+    return chunk * 2
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672//")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5, help="runs per workload (default 5)")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis URL")
+    parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672//", help="AMQP URL")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
-    frame = pd.DataFrame({"a": np.arange(40_000), "b": np.linspace(0, 1, 40_000)})
+    frame = pd.DataFrame({"a": np.arange(60_000), "b": np.linspace(0, 1, 60_000)})
     serial = timed(lambda: score_rows(frame), 3)
-    results = {
-        "Redis": run(args.redis, "", args.repeat, cores),
-        "RabbitMQ": run(args.amqp, args.redis, args.repeat, cores),
-    }
-    print(f"\n{cores} worker processes, median of {args.repeat} runs; cpu serial: {serial:.2f} s\n")
+    load_before = os.getloadavg()[0]
+    times: dict[str, dict[str, list[float]]] = {"Redis": {}, "RabbitMQ": {}}
+    with contextlib.ExitStack() as stack:
+        clusters = {
+            "Redis": stack.enter_context(deployment(args.redis, "", cores)),
+            "RabbitMQ": stack.enter_context(deployment(args.amqp, args.redis, cores)),
+        }
+        calls = {name: workloads(c) for name, c in clusters.items()}
+        for workload in ("tiny", "latency", "cpu", "data"):
+            runs = args.repeat * (4 if workload == "latency" else 1)
+            for _ in range(runs):  # interleaved, so background load hits both alike
+                for name in clusters:
+                    started = time.perf_counter()
+                    calls[name][workload]()
+                    times[name].setdefault(workload, []).append(time.perf_counter() - started)
+    r = {k: statistics.median(v) for k, v in times["Redis"].items()}
+    q = {k: statistics.median(v) for k, v in times["RabbitMQ"].items()}
+    print(
+        f"\n{cores} worker processes, median of {args.repeat} interleaved runs "
+        f"({args.repeat * 4} for the round trip); load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after\n"
+    )
     print("| workload | Redis broker | RabbitMQ broker |")
     print("|---|---|---|")
-    r, q = results["Redis"], results["RabbitMQ"]
     print(f"| 500 tiny chunks, wall | {r['tiny']:.3f} s | {q['tiny']:.3f} s |")
-    print(
-        f"| per chunk (wall / 500) | {r['tiny'] / 500 * 1e3:.2f} ms | "
-        f"{q['tiny'] / 500 * 1e3:.2f} ms |"
-    )
+    print(f"| per chunk (wall / 500) | {r['tiny'] * 2:.2f} ms | {q['tiny'] * 2:.2f} ms |")
     print(f"| throughput, tiny chunks | {500 / r['tiny']:.0f} /s | {500 / q['tiny']:.0f} /s |")
     print(
         f"| one-chunk call round trip | {r['latency'] * 1e3:.1f} ms | {q['latency'] * 1e3:.1f} ms |"
     )
     print(
-        f"| CPU-bound ({serial:.2f} s serial), wall | {r['cpu']:.2f} s ({serial / r['cpu']:.2f}x) "
+        f"| CPU-bound, {serial:.2f} s serial, wall | {r['cpu']:.2f} s ({serial / r['cpu']:.2f}x) "
         f"| {q['cpu']:.2f} s ({serial / q['cpu']:.2f}x) |"
     )
     print(f"| 64 MB frame, chunk * 2 | {r['data']:.2f} s | {q['data']:.2f} s |")

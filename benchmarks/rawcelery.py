@@ -37,4 +37,5 @@ def run(func: Callable[[Any], Any], chunk: Any) -> Any:
     return func(chunk)
 
 
-app = make_app(os.environ.get(ENV_URL, "redis://127.0.0.1:6379/15"))
+# a placeholder URL (port 1) when imported without BENCH_RAW_URL: never the machine's Redis
+app = make_app(os.environ.get(ENV_URL, "redis://127.0.0.1:1/0"))

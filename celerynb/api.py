@@ -328,15 +328,20 @@ class MapFuture:
         self._event.set()
 
     def _revoke(self) -> None:
+        """Stop the call's work: queued chunks become no-ops, running ones are terminated."""
         assert self.cluster is not None
-        outstanding = [self._task_id(i) for i in range(self.n_chunks) if i not in self._parts]
-        if self.reduce is not None and not isinstance(self._error, ChunkError):
-            outstanding.append(self._task_id(REDUCED))
         try:
-            # delete the chunks first: queued tasks then find nothing to run
+            # Deleting the chunks first makes every task that has not claimed its
+            # chunk yet a no-op; those that did are listed in the running hash.
             store.delete(self.cluster.redis, [self.keys.chunk(i) for i in range(self.n_chunks)])
-            if outstanding:
-                self.cluster.app.control.revoke(outstanding, terminate=True, signal="SIGTERM")
+            running = {int(i) for i in self.cluster.redis.hkeys(self.keys.running)}
+            ids = [self._task_id(i) for i in sorted(running - set(self._parts))]
+            if self.reduce is not None and not isinstance(self._error, ChunkError):
+                ids.append(self._task_id(REDUCED))
+            if ids:
+                self.cluster.app.control.revoke(ids, terminate=True, signal="SIGTERM")
+                # Celery records revoked tasks in the backend: remove those records later
+                self.cluster.defer_delete([f"celery-task-meta-{t}" for t in ids])
         except Exception:  # the broker may be gone; the keys expire anyway
             pass
 

@@ -195,6 +195,17 @@ def _run(page: Any, command: str) -> None:
     page.evaluate(f"() => {{ window.jupyterapp.commands.execute({command!r}); }}")
 
 
+def _wait_text(page: Any, text: str, shots: Path, timeout: float = 30.0) -> None:
+    """Wait until ``text`` shows on the page; on timeout fail with a screenshot and the text."""
+    try:
+        page.wait_for_function(
+            "t => document.body.innerText.includes(t)", arg=text, timeout=timeout * 1000
+        )
+    except sync_api.TimeoutError:
+        page.screenshot(path=str(shots / "timeout.png"), full_page=True)
+        pytest.fail(f"{text!r} did not show in {timeout} s; page text:\n{_notebook_text(page)}")
+
+
 def _notebook_text(page: Any) -> str:
     return str(page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook").inner_text())
 
@@ -260,9 +271,7 @@ def test_interrupt_cancels_and_next_call_runs(page: Any, lab: Lab, shots: Path) 
     _run(page, "notebook:run-all-cells")
     cell = _cell(page, 1)
     cell.locator(".widget-hprogress").wait_for(timeout=30_000)
-    page.wait_for_function(  # both pool processes run a chunk
-        "() => document.body.innerText.includes('2/2 workers busy')", timeout=30_000
-    )
+    _wait_text(page, "2/2 workers busy", shots)  # both pool processes run a chunk
     stop = page.locator(
         ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Toolbar "
         "[data-command='notebook:interrupt-kernel']"
@@ -282,9 +291,7 @@ def test_interrupt_cancels_and_next_call_runs(page: Any, lab: Lab, shots: Path) 
 
     page.evaluate(f"() => {{ {JS_NB}().content.activeCellIndex = 2; }}")
     _run(page, "notebook:run-cell")
-    page.wait_for_function(
-        "() => document.body.innerText.includes('next: [1, 2')", timeout=60_000
-    )
+    _wait_text(page, "next: [1, 2", shots)
     _wait_idle(page)
     text = _notebook_text(page)
     _assert_rendered(text)

@@ -6,6 +6,7 @@ worker with 2 pool processes). After every failure the cluster must still work.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import re
@@ -189,6 +190,39 @@ def test_chunk_error_is_a_custom_exception(cluster: celerynb.LocalCluster) -> No
     assert "ScoringError: seven is not allowed" in msg
     assert "in check" in err.remote_traceback
     assert_cluster_ok(cluster)
+
+
+class RowError(Exception):
+    """A user's exception that carries data in an attribute."""
+
+    def __init__(self, message: str, row: int) -> None:
+        super().__init__(message, row)
+        self.row = row
+
+
+def test_chunk_error_keeps_the_original_attributes(cluster: celerynb.LocalCluster) -> None:
+    # BUG: ChunkError.build (celerynb/errors.py) makes an instance of a subclass of the
+    # original type but copies none of its state, so a handler written for the original
+    # type breaks: `except RowError as e: e.row` raises AttributeError, and
+    # `except FileNotFoundError as e: e.filename` is None. Proposed fix: in build(), after
+    # BaseException.__init__, copy the original's __dict__ and, for OSError, its
+    # errno/strerror/filename/filename2 onto err (ignoring failures).
+    def bad_row(xs: list[int]) -> list[int]:
+        raise RowError("bad row", xs[0])
+
+    with pytest.raises(RowError) as info:
+        run(cluster, bad_row, [7, 8], chunks=1)
+    assert isinstance(info.value.original, RowError) and info.value.original.row == 7
+    assert getattr(info.value, "row", "<missing>") == 7
+
+    def read(xs: list[int]) -> list[int]:
+        with open("/nonexistent-celerynb-dir/file.csv") as f:
+            return [len(f.read())]
+
+    with pytest.raises(FileNotFoundError) as os_info:
+        run(cluster, read, [1], chunks=1)
+    assert os_info.value.filename == "/nonexistent-celerynb-dir/file.csv"
+    assert os_info.value.errno == 2
 
 
 def test_unpicklable_exception_still_gives_chunk_error(cluster: celerynb.LocalCluster) -> None:
@@ -428,6 +462,24 @@ def test_cmap_timeout_cancels_the_call(cluster: celerynb.LocalCluster, tmp_path:
     # whichever slow chunks started were stopped
     pids = [int(p.read_text()) for p in tmp_path.glob("*.pid") if p.stat().st_size]
     assert_terminated(pids)
+    assert_cluster_ok(cluster)
+
+
+def test_interrupting_the_wait_cancels_the_call(
+    cluster: celerynb.LocalCluster, tmp_path: Path
+) -> None:
+    def interrupt_when_running() -> None:
+        wait_pids(tmp_path, 2)
+        _thread.interrupt_main()  # what Ctrl-C / the notebook's stop button does
+
+    helper = threading.Thread(target=interrupt_when_running, daemon=True)
+    helper.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run(cluster, slow_chunk(str(tmp_path)), list(range(4)), chunks=2)
+    assert time.monotonic() - started < BOUND + 5
+    helper.join(BOUND)
+    assert_terminated(wait_pids(tmp_path, 2))
     assert_cluster_ok(cluster)
 
 

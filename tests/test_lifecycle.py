@@ -157,6 +157,61 @@ def test_current_follows_the_last_cluster() -> None:
     assert celerynb.current(start=False) is None
 
 
+def test_two_clusters_at_once_are_independent() -> None:
+    with celerynb.LocalCluster(n_workers=1) as one, celerynb.LocalCluster(n_workers=1) as two:
+        assert one.settings.queue != two.settings.queue
+        assert not set(one.pids) & set(two.pids)
+        check_works(one)
+        check_works(two)
+        procs_one = processes(one.pids)
+        one.close()
+        assert_gone(procs_one)
+        check_works(two)  # closing one leaves the other alone
+        assert two.state == "running"
+
+
+def test_restart_replaces_every_process() -> None:
+    cluster = celerynb.LocalCluster(n_workers=1)
+    try:
+        old = processes(cluster.pids)
+        old_dir = cluster.dir
+        cluster.restart()
+        assert cluster.state == "running"
+        assert_gone(old)
+        assert not old_dir.exists()
+        assert not {p.pid for p in old} & set(cluster.pids)
+        check_works(cluster)
+    finally:
+        procs = processes(cluster.pids)
+        cluster.close()
+        assert_gone(procs)
+
+
+def test_closing_the_cluster_ends_a_running_call() -> None:
+    # BUG: Cluster.close() (celerynb/cluster.py) closes the Redis client and stops the
+    # servers under a running MapFuture's poll thread. The call then fails with a bare
+    # `ValueError: I/O operation on closed file` (poll blocked in BLPOP) or keeps polling
+    # a dead store for broker_timeout = 30 s before a ClusterError. Proposed fix: the
+    # cluster keeps a WeakSet of its running futures and cancels them in close() before
+    # dropping connections (CancelledError "the cluster was closed"), and
+    # MapFuture._poll_loop stops with that error when self.cluster.closed.
+    cluster = celerynb.LocalCluster(n_workers=1)
+    procs = processes(cluster.pids)
+    try:
+        future = celerynb.cmap_async(
+            lambda xs: (time.sleep(30), xs)[1], [1, 2], chunks=2, cluster=cluster, progress=False
+        )
+        time.sleep(1.0)
+    finally:
+        cluster.close()
+    assert_gone(procs)
+    started = time.monotonic()
+    with pytest.raises(celerynb.CelerynbError) as info:
+        future.result(timeout=BOUND)
+    assert time.monotonic() - started < BOUND
+    assert "closed" in str(info.value)
+
+
 def test_bad_n_workers() -> None:
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="n_workers must be a positive int"):

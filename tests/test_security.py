@@ -19,6 +19,7 @@ from typing import Any
 import psutil
 import pytest
 import redis
+from celery import Celery
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -150,6 +151,29 @@ def test_forged_message_with_our_content_type_is_refused(
     assert_cluster_ok(cluster)
     assert not target.exists()
     assert cluster.state == "running"
+
+
+def test_unsigned_control_commands_are_refused(tmp_path: Path) -> None:
+    """Remote-control broadcasts (shutdown, pool_shrink) in plain JSON are not obeyed.
+
+    Own cluster: if this regressed, the worker would really shut down.
+    """
+    with celerynb.LocalCluster(n_workers=1) as own:
+        rogue = Celery("rogue", broker=own.settings.broker_url, set_as_current=False)
+        rogue.conf.control_exchange = own.settings.queue
+        rogue.conf.accept_content = ["json"]
+        try:
+            start = (own.dir / "worker.log").stat().st_size
+            assert rogue.control.ping(timeout=1.0) == []  # nobody answers unsigned pings
+            rogue.control.broadcast("shutdown")
+            rogue.control.broadcast("pool_shrink", arguments={"n": 1})
+            wait_for_log(own, start, ["untrusted content of type json", '"method": "shutdown"'])
+        finally:
+            rogue.close()
+        assert own.state == "running" and own.worker_proc is not None
+        assert own.worker_proc.poll() is None
+        assert len(own.pids) == 3  # redis, worker, its one pool process
+        assert_cluster_ok(own)
 
 
 # -- forged records in the data plane ------------------------------------------

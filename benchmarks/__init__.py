@@ -1,0 +1,1 @@
+"""Benchmarks of celerynb's ``cmap`` against its alternatives: ``python -m benchmarks``."""
