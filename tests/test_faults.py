@@ -95,7 +95,7 @@ def test_retries_rerun_a_raising_chunk(cluster: celerynb.LocalCluster, tmp_path:
     assert out == list(range(8))
     assert counter.read_text() == "3"
     counter.unlink()
-    with pytest.raises(RuntimeError, match="chunk 0 of .*transient") as info:
+    with pytest.raises(RuntimeError, match=r"chunk 0 of .*transient") as info:
         celerynb.cmap(flaky, list(range(8)), retries=1, cluster=cluster, progress=False)
     assert "retries=1" in info.value.remote_traceback
 
