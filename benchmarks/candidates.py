@@ -19,6 +19,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from . import workloads
 from .workloads import join, split
 
@@ -43,6 +45,39 @@ class Workload:
     def chunk_count(self, workers: int) -> int:
         """How many chunks a peer splits ``data`` into."""
         return self.chunks or CHUNKS_PER_WORKER * workers
+
+
+def compare(out: Any, expected: Any) -> str | None:
+    """None if ``out`` equals ``expected``; else a short description of the difference."""
+    if isinstance(expected, pd.DataFrame) and isinstance(out, pd.Series) and "score" in expected:
+        expected = expected["score"]  # pandarallel computes W1's score column only
+    try:
+        if isinstance(expected, pd.DataFrame):
+            pd.testing.assert_frame_equal(out, expected, check_names=False)
+        elif isinstance(expected, pd.Series):
+            pd.testing.assert_series_equal(out, expected, check_names=False)
+        elif out != expected:
+            return "result differs from serial"
+        return None
+    except AssertionError:
+        pass
+    try:
+        assert_equal: Callable[..., None] = (
+            pd.testing.assert_frame_equal
+            if isinstance(expected, pd.DataFrame)
+            else pd.testing.assert_series_equal
+        )
+        assert_equal(out, expected, check_names=False, check_dtype=False, check_exact=False)
+        return "values equal serial's, dtypes differ"
+    except (AssertionError, TypeError):
+        return "RESULT DIFFERS FROM SERIAL"
+
+
+@dataclass
+class Checked:
+    """A result already compared with serial pandas where it was computed."""
+
+    problem: str | None
 
 
 class Candidate:
@@ -77,6 +112,17 @@ class Candidate:
 
     def after(self) -> None:
         """Clean-up after a call, outside the timed section."""
+
+    def timed(self, w: Workload, data: Any, warm: bool = False) -> tuple[float, Any]:
+        """Seconds one call takes, and its result (clean-up runs after the clock stops).
+
+        ``warm``: this is the untimed warm-up call, whose result gets checked.
+        """
+        t0 = time.perf_counter()
+        out = self.run(w, data)
+        seconds = time.perf_counter() - t0
+        self.after()
+        return seconds, out
 
     def close(self) -> None:
         """Stop everything this candidate started (idempotent)."""
@@ -330,6 +376,95 @@ class RawCelery(Candidate):
         procs.stop(getattr(self, "redis_proc", None))
         if hasattr(self, "dir"):
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _serve(conn: Any, name: str, workers: int, quick: bool) -> None:
+    """The helper process of :class:`Isolated`: run ``name`` on request, reply with times."""
+    candidate = BY_NAME[name](workers)
+    by_key = {w.key: w for w in workload_set(quick)}
+    try:
+        candidate.start()
+        conn.send(("ready", None))
+        while True:
+            request = conn.recv()
+            if request is None:
+                break
+            key, warm = request
+            w = by_key[key]
+            data = w.warmup if warm and w.warmup is not None else w.data
+            try:
+                seconds, out = candidate.timed(w, data)
+                problem = compare(out, w.func(data)) if warm else None
+                conn.send(("ok", (seconds, problem, candidate.last_chunks)))
+            except Exception as exc:
+                conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        candidate.close()
+
+
+class Isolated(Candidate):
+    """Runs another candidate in a spawned helper process that holds its own copy of the data.
+
+    For candidates that fork on every call (pandarallel): a fork of a process
+    with live threads and broker connections can hang (kombu's after-fork
+    clean-up reads from a socket the parent shares). Times are taken in the
+    helper, results are checked there.
+    """
+
+    def __init__(self, inner: Candidate, quick: bool) -> None:
+        super().__init__(inner.workers)
+        self.inner, self.quick = inner, quick
+        self.name, self.label, self.module = inner.name, inner.label, inner.module
+        self.lazy, self.peer = inner.lazy, inner.peer
+
+    def missing(self) -> str | None:
+        return self.inner.missing()
+
+    def supports(self, w: Workload) -> str | None:
+        return self.inner.supports(w)
+
+    def _call(self, request: Any, timeout: float) -> Any:
+        self.conn.send(request)
+        if not self.conn.poll(timeout):
+            self.close()
+            raise TimeoutError(f"no answer from the {self.name} helper within {timeout:.0f} s")
+        status, value = self.conn.recv()
+        if status == "error":
+            raise RuntimeError(value)
+        return value
+
+    def start(self) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(
+            target=_serve, args=(child, self.name, self.workers, self.quick), daemon=True
+        )
+        self.proc.start()
+        child.close()
+        if not self.conn.poll(120):
+            self.close()
+            raise TimeoutError(f"the {self.name} helper did not start within 120 s")
+        status, value = self.conn.recv()
+        if status != "ready":
+            raise RuntimeError(value)
+
+    def timed(self, w: Workload, data: Any, warm: bool = False) -> tuple[float, Any]:
+        seconds, problem, self.last_chunks = self._call((w.key, warm), TIMEOUT)
+        return seconds, Checked(problem)
+
+    def close(self) -> None:
+        proc = getattr(self, "proc", None)
+        if proc is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.send(None)
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        self.proc = None
 
 
 ALL: list[type[Candidate]] = [

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -33,9 +33,17 @@ if __package__ in (None, ""):  # run as a script: python benchmarks/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-import pandas as pd
 
-from benchmarks.candidates import ALL, BY_NAME, Candidate, Workload, workload_set
+from benchmarks.candidates import (
+    ALL,
+    BY_NAME,
+    Candidate,
+    Checked,
+    Isolated,
+    Workload,
+    compare,
+    workload_set,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -77,32 +85,6 @@ def rotated(items: list[Any], shift: int) -> list[Any]:
         return items
     shift %= len(items)
     return items[shift:] + items[:shift]
-
-
-def compare(out: Any, expected: Any) -> str | None:
-    """None if ``out`` equals ``expected``; else a short description of the difference."""
-    if isinstance(expected, pd.DataFrame) and isinstance(out, pd.Series) and "score" in expected:
-        expected = expected["score"]  # pandarallel computes W1's score column only
-    try:
-        if isinstance(expected, pd.DataFrame):
-            pd.testing.assert_frame_equal(out, expected, check_names=False)
-        elif isinstance(expected, pd.Series):
-            pd.testing.assert_series_equal(out, expected, check_names=False)
-        elif out != expected:
-            return "result differs from serial"
-        return None
-    except AssertionError:
-        pass
-    try:
-        assert_equal: Callable[..., None] = (
-            pd.testing.assert_frame_equal
-            if isinstance(expected, pd.DataFrame)
-            else pd.testing.assert_series_equal
-        )
-        assert_equal(out, expected, check_names=False, check_dtype=False, check_exact=False)
-        return "values equal serial's, dtypes differ"
-    except (AssertionError, TypeError):
-        return "RESULT DIFFERS FROM SERIAL"
 
 
 def run_cold(
@@ -161,15 +143,6 @@ def run_cold(
             )
 
 
-def timed(candidate: Candidate, w: Workload, data: Any) -> tuple[float, Any]:
-    """Seconds one call takes, and its result (clean-up runs after the clock stops)."""
-    t0 = time.perf_counter()
-    out = candidate.run(w, data)
-    seconds = time.perf_counter() - t0
-    candidate.after()
-    return seconds, out
-
-
 def run_warm(
     candidates: list[Candidate],
     workloads: list[Workload],
@@ -186,12 +159,12 @@ def run_warm(
             if metric.notes and metric.notes[0].startswith(("n/a", "failed")):
                 continue
             try:
-                seconds, out = timed(c, w, warm)
+                seconds, out = c.timed(w, warm, warm=True)
             except Exception as exc:
                 metric.notes.insert(0, f"failed: {type(exc).__name__}: {str(exc)[:80]}")
                 log(f"  warm-up {w.key} {c.name}: FAILED {exc!r}")
                 continue
-            problem = compare(out, expected)
+            problem = out.problem if isinstance(out, Checked) else compare(out, expected)
             if problem:
                 metric.note(problem)
             log(f"  warm-up {w.key} {c.name}: {seconds:.3f} s{'  ' + problem if problem else ''}")
@@ -204,7 +177,7 @@ def run_warm(
                 if metric.notes and metric.notes[0].startswith(("n/a", "failed")):
                     continue
                 try:
-                    seconds, out = timed(c, w, w.data)
+                    seconds, out = c.timed(w, w.data)
                 except Exception as exc:
                     metric.notes.insert(0, f"failed: {type(exc).__name__}: {str(exc)[:80]}")
                     log(f"  {w.key} {c.name}: FAILED {exc!r}")
@@ -523,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     results: Results = {key: {n: Metric() for n in names} for key in titles}
 
     everyone = [BY_NAME[n](args.workers) for n in names]
+    # pandarallel forks on every call: in a helper process of its own (see Isolated)
+    everyone = [Isolated(c, quick) if c.name == "pandarallel" else c for c in everyone]
     skipped = []
     runnable = []
     for c in everyone:

@@ -8,7 +8,7 @@ import pickle
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import cloudpickle
@@ -17,7 +17,7 @@ from celery import chord
 
 from . import serialization, store
 from .app import REDUCE, RUN_CHUNK
-from .chunking import Plan, join, kind_of, n_chunks_for, nbytes
+from .chunking import Plan, check_inputs, join, n_chunks_for, nbytes
 from .cluster import Cluster, current
 from .errors import CancelledError, ChunkError, ClusterError, RemoteFailure
 from .progress import Display, NoDisplay, make_display
@@ -62,14 +62,28 @@ def _describe_unpicklable(func: Callable[..., Any], exc: Exception) -> str:
     )
 
 
-def _pickle_job(func: Callable[..., Any], reduce: Callable[..., Any] | None) -> bytes:
+def _pickle_job(
+    func: Callable[..., Any],
+    reduce: Callable[..., Any] | None,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+) -> bytes:
     for name, value in (("func", func), ("reduce", reduce)):
         if value is not None and not callable(value):
             raise TypeError(f"{name} must be callable, got {type(value).__name__}")
     try:
-        blob: bytes = cloudpickle.dumps((func, reduce), protocol=pickle.HIGHEST_PROTOCOL)
+        job = (func, reduce, args, kwargs or {})
+        blob: bytes = cloudpickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
         return blob
     except Exception as exc:
+        for name, extra in (("args", args), ("kwargs", kwargs)):
+            try:
+                cloudpickle.dumps(extra)
+            except Exception:
+                raise TypeError(
+                    f"{name}= cannot be pickled to send it to the workers "
+                    f"({type(exc).__name__}: {exc}); pass picklable values"
+                ) from exc
         try:
             cloudpickle.dumps(func)
             culprit: Callable[..., Any] = reduce  # type: ignore[assignment]
@@ -99,6 +113,7 @@ class MapFuture:
         options: dict[str, Any] | None = None,
     ) -> None:
         self.cluster = cluster
+        self.func: Callable[..., Any] | None = None
         self.plan = plan
         self.reduce = reduce
         self.call = uuid.uuid4().hex
@@ -113,6 +128,7 @@ class MapFuture:
         self.workers: list[str | None] = [None] * self.n_chunks
         self.chunk_seconds: list[float | None] = [None] * self.n_chunks
         self._parts: dict[int, Any] = {}
+        self._order: list[int] = []  # chunk numbers in order of arrival
         self._items_done = 0
         self._busy = 0
         self._value: Any = None
@@ -122,6 +138,9 @@ class MapFuture:
         self._unreachable_since: float | None = None
         self._group = store.group_id(self.call)
         self._event = threading.Event()
+        self._arrived = threading.Condition(self._lock)  # a part arrived, or the call ended
+        self._joined = reduce is not None  # map calls join their parts on first result()
+        self._dropped = False
         self._generation = cluster.generation if cluster is not None else 0
 
     # -- submission -----------------------------------------------------------
@@ -285,7 +304,7 @@ class MapFuture:
         if status == ERROR:
             failure: RemoteFailure = value
             info = self.plan.info(index) if index != REDUCED else None
-            self._fail(ChunkError.build(failure, info))
+            self._fail(ChunkError.build(failure, info, "", self.func, self.reduce))
             return
         if index == REDUCED:
             self._value = value
@@ -294,22 +313,20 @@ class MapFuture:
         if index in self._parts:  # a redelivered chunk: keep the first result
             return
         self._parts[index] = value if status == OK else None
+        self._order.append(index)
         self.workers[index] = meta.get("worker")
         self.chunk_seconds[index] = meta.get("seconds")
         self._items_done += self.plan.items(index)
+        with self._arrived:  # an RLock: fine if already held
+            self._arrived.notify_all()
         if status == STORED or len(self._parts) < self.n_chunks:
-            return
-        parts = [self._parts[i] for i in range(self.n_chunks)]
-        self._parts = dict.fromkeys(range(self.n_chunks))
-        try:
-            self._value = join(parts)
-        except Exception as exc:
-            self._fail(exc)
             return
         self._finish()
 
     def _finish(self) -> None:
         self.state = "finished"
+        with self._arrived:  # an RLock: fine if already held
+            self._arrived.notify_all()
         self._display.update(self.n_chunks, self.n_items, 0)
         self._display.close("finished")
         self._cleanup()
@@ -325,6 +342,8 @@ class MapFuture:
         self._display.close(state, str(error).splitlines()[0] if str(error) else "")
         self._cleanup()
         self._event.set()
+        with self._arrived:  # an RLock: fine if already held
+            self._arrived.notify_all()
 
     def _revoke(self) -> None:
         """Stop the call's work: queued chunks become no-ops, running ones are terminated."""
@@ -380,7 +399,57 @@ class MapFuture:
             raise
         if self._error is not None:
             raise self._error
+        with self._lock:
+            if not self._joined:  # join once, then drop the parts
+                parts = [self._parts[i] for i in range(self.n_chunks)]
+                self._parts = dict.fromkeys(range(self.n_chunks))
+                self._dropped = True
+                self._value = join(parts)
+                self._joined = True
         return self._value
+
+    def as_completed(
+        self, ordered: bool = False, timeout: float | None = None
+    ) -> Iterator[tuple[int, Any]]:
+        """Yield ``(chunk number, chunk result)`` as chunks finish.
+
+        ``ordered=True`` yields in chunk order instead. Raises the call's error
+        (e.g. :class:`ChunkError`) when it comes, and ``TimeoutError`` if no
+        chunk arrives for ``timeout`` s (default: wait as long as it takes).
+        Interrupting the loop (Ctrl-C) cancels the call.
+        """
+        if self.reduce is not None:
+            raise TypeError("as_completed() streams chunk results; a reduce= call has only one")
+        yielded = 0
+        try:
+            while yielded < self.n_chunks:
+                with self._arrived:
+                    ready = self._ready(yielded, ordered)
+                    if not ready and self.state == "running":
+                        self._arrived.wait(0.2 if timeout is None else timeout)
+                        ready = self._ready(yielded, ordered)
+                    if self._error is not None:
+                        raise self._error
+                    if self._dropped:
+                        raise RuntimeError("result() already joined the parts: use its value")
+                    if not ready and timeout is not None and self.state == "running":
+                        raise TimeoutError(f"no chunk finished within {timeout} s")
+                    batch = [(i, self._parts[i]) for i in ready]
+                for item in batch:
+                    yielded += 1
+                    yield item
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+
+    def _ready(self, yielded: int, ordered: bool) -> list[int]:
+        """Chunk numbers that arrived and were not yet yielded (after ``yielded`` of them)."""
+        if ordered:
+            ready: list[int] = []
+            while yielded + len(ready) < self.n_chunks and (yielded + len(ready)) in self._parts:
+                ready.append(yielded + len(ready))
+            return ready
+        return self._order[yielded:]
 
     def cancel(self) -> bool:
         """Revoke the outstanding chunks and stop running ones; False if already done."""
@@ -415,18 +484,28 @@ class MapFuture:
         )
 
 
-def _empty_result(func: Callable[..., Any], data: Any, reduce: Callable[..., Any] | None) -> Any:
+def _empty_result(
+    func: Callable[..., Any],
+    inputs: tuple[Any, ...],
+    reduce: Callable[..., Any] | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """Empty input is one empty chunk, run locally (or the empty input, if func fails)."""
     try:
-        value = func(data)
+        value = func(*inputs, *args, **kwargs)
     except Exception:
-        value = data[:0] if not hasattr(data, "iloc") else data.iloc[:0].copy()
-    return reduce([]) if reduce is not None else value
+        data = inputs[0]
+        value = data.iloc[:0].copy() if hasattr(data, "iloc") else data[:0]
+    return reduce([value]) if reduce is not None else join([value])
 
 
 def cmap_async(
-    func: Callable[[Any], Any],
+    func: Callable[..., Any],
     data: Any,
-    *,
+    *more: Any,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
     chunks: int | None = None,
     chunk_size: int | None = None,
     reduce: Callable[[list[Any]], Any] | None = None,
@@ -438,9 +517,12 @@ def cmap_async(
     attempts: int = 3,
 ) -> MapFuture:
     """Start ``cmap`` and return its :class:`MapFuture` at once (see :func:`cmap`)."""
-    job = _pickle_job(func, reduce)
-    kind_of(data)
-    n_items = len(data)
+    if not isinstance(args, tuple | list) or not isinstance(kwargs or {}, dict):
+        raise TypeError("args= must be a tuple and kwargs= a dict of extra arguments for func")
+    kwargs = dict(kwargs or {})
+    job = _pickle_job(func, reduce, tuple(args), kwargs)
+    inputs = (data, *more)
+    n_items = check_inputs(inputs)
     for name, value in (("timeout", timeout), ("chunk_timeout", chunk_timeout)):
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
@@ -449,11 +531,17 @@ def cmap_async(
     for name, value, low in (("retries", retries, 0), ("attempts", attempts, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    options = {"attempts": attempts, "retries": retries, "chunk_timeout": chunk_timeout}
+    options = {
+        "attempts": attempts,
+        "retries": retries,
+        "chunk_timeout": chunk_timeout,
+        "zip": len(inputs) > 1,
+    }
     n_chunks_for(max(n_items, 1), 1, 0, chunks, chunk_size)  # argument errors before start-up
     if n_items == 0:
         future = MapFuture(None, None, reduce, NoDisplay(), timeout)
-        future._value = _empty_result(func, data, reduce)
+        future._value = _empty_result(func, inputs, reduce, tuple(args), kwargs)
+        future._joined = True
         future.state = "finished"
         future._event.set()
         return future
@@ -461,10 +549,12 @@ def cmap_async(
     assert cluster is not None
     if cluster.closed:
         raise ClusterError(f"{cluster!r} is closed: start a new one or pass cluster=None")
-    n_chunks = n_chunks_for(n_items, cluster.n_workers, nbytes(data), chunks, chunk_size)
+    size = sum(nbytes(x) for x in inputs)
+    n_chunks = n_chunks_for(n_items, cluster.n_workers, size, chunks, chunk_size)
     cluster.sweep()
-    plan = Plan.make(data, n_chunks)
+    plan = Plan.make(inputs, n_chunks)
     future = MapFuture(cluster, plan, reduce, NoDisplay(), timeout, options)
+    future.func = func
     future._display = make_display(progress, future)
     try:
         future._submit(job)
@@ -476,9 +566,11 @@ def cmap_async(
 
 
 def cmap(
-    func: Callable[[Any], Any],
+    func: Callable[..., Any],
     data: Any,
-    *,
+    *more: Any,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
     chunks: int | None = None,
     chunk_size: int | None = None,
     reduce: Callable[[list[Any]], Any] | None = None,
@@ -492,21 +584,28 @@ def cmap(
     """Run ``func(chunk)`` on Celery workers over chunks of ``data``; join in order.
 
     ``data``: a pandas DataFrame / Series (split by rows), an ndarray (axis 0)
-    or a sized sequence. ``chunks`` / ``chunk_size`` override the default
-    chunking (4 chunks per worker, chunks of at most 64 MiB). ``reduce``, if
-    given, runs on a worker over the list of chunk results (a Celery chord)
-    and only its value comes back. ``progress``: True (default) shows a bar,
-    False hides it. ``timeout``: seconds for the whole call (default none),
-    after which it is cancelled. ``cluster``: default the current one, started
-    on first use. ``retries``: re-runs of a chunk whose func raised (default
-    0). ``chunk_timeout``: seconds one chunk may run (default none).
-    ``attempts``: deliveries of a chunk whose worker process died (killed, out
-    of memory) before the call fails (default 3). Interrupting the wait
-    cancels the outstanding chunks.
+    or a sized sequence (a list of paths too: the workers open the files).
+    Further inputs (``*more``, equal length) are split alongside, like
+    ``zip``: ``func(chunk_of_data, chunk_of_b, ...)``; ``args`` / ``kwargs``
+    are extra arguments for every call, shipped once per call. ``chunks`` /
+    ``chunk_size`` override the default chunking (4 chunks per worker,
+    chunks of at most 64 MiB). ``reduce``, if given, runs on a worker over
+    the list of chunk results (a Celery chord) and only its value comes back.
+    ``progress``: True (default) shows progress, False hides it.
+    ``timeout``: seconds for the whole call (default none), after which it is
+    cancelled. ``cluster``: default the current one, started on first use.
+    ``retries``: re-runs of a chunk whose func raised (default 0).
+    ``chunk_timeout``: seconds one chunk may run (default none). ``attempts``:
+    deliveries of a chunk whose worker process died (killed, out of memory)
+    before the call fails (default 3). Interrupting the wait cancels the
+    outstanding chunks.
     """
-    future = cmap_async(
+    return cmap_async(
         func,
         data,
+        *more,
+        args=args,
+        kwargs=kwargs,
         chunks=chunks,
         chunk_size=chunk_size,
         reduce=reduce,
@@ -516,5 +615,4 @@ def cmap(
         retries=retries,
         chunk_timeout=chunk_timeout,
         attempts=attempts,
-    )
-    return future.result()
+    ).result()

@@ -7,8 +7,8 @@ rows), NumPy ``ndarray`` (split on axis 0) and any sized sequence that slices
 Default chunking: ``4 x workers`` chunks, more if a chunk would exceed
 ``MAX_CHUNK_BYTES`` (64 MiB), never more chunks than items.
 
-Join rule: if every chunk returned a DataFrame, every one a Series, or every
-one an ndarray, they are concatenated in chunk order (pandas keeps index,
+Join rule: if every chunk returned a DataFrame, every one a Series, every one
+an Index, or every one an ndarray, they are concatenated in chunk order (pandas keeps index,
 column order and dtypes; NumPy keeps dtype and trailing shape). If every
 chunk returned a list, the lists are concatenated. Anything else comes back
 as a list with one entry per chunk.
@@ -17,6 +17,7 @@ as a list with one entry per chunk.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,7 +49,10 @@ def kind_of(data: Any) -> str:
         return "pandas"
     if np is not None and isinstance(data, np.ndarray):
         if data.ndim == 0:
-            raise TypeError("cmap got a 0-d array: nothing to split; pass an array of 1-D or more")
+            raise TypeError(
+                "cmap got a 0-d array: nothing to split; pass an array of 1-D or more. "
+                f"Supported data: {SUPPORTED}"
+            )
         return "numpy"
     if pd is not None and hasattr(pd.core, "groupby") and "GroupBy" in type(data).__name__:
         raise TypeError(
@@ -58,7 +62,7 @@ def kind_of(data: Any) -> str:
     if isinstance(data, str | bytes | bytearray | memoryview):
         raise TypeError(
             f"cmap got {type(data).__name__}: strings are not split into characters; "
-            "pass a list (e.g. text.splitlines()) instead"
+            f"pass a list (e.g. text.splitlines()) instead. Supported data: {SUPPORTED}"
         )
     if isinstance(data, Sequence):
         return "sequence"
@@ -69,6 +73,8 @@ def kind_of(data: Any) -> str:
         hint = "cmap got a dict; pass list(d.items()) or list(d.values())"
     elif isinstance(data, set | frozenset):
         hint = f"cmap got a {name}, which has no order; pass sorted(...) or list(...) of it"
+    elif isinstance(data, os.PathLike):
+        hint = f"cmap got one path ({data}); pass a list of paths, e.g. sorted(folder.glob('*'))"
     else:
         hint = f"cmap cannot split {name}"
     raise TypeError(f"{hint}. Supported data: {SUPPORTED}")
@@ -110,33 +116,56 @@ def n_chunks_for(
     return max(1, min(wanted, n_items))
 
 
+def check_inputs(inputs: tuple[Any, ...]) -> int:
+    """Validate the inputs of a call; return their common length."""
+    for data in inputs:
+        kind_of(data)
+    lengths = [len(data) for data in inputs]
+    if len(set(lengths)) > 1:
+        raise ValueError(
+            f"cmap got inputs of different lengths {lengths}: several inputs are split "
+            "together chunk by chunk, like zip(); pass inputs of equal length"
+        )
+    return lengths[0]
+
+
+def _slice(data: Any, start: int, stop: int) -> Any:
+    pd = _pandas()
+    if pd is not None and isinstance(data, pd.DataFrame | pd.Series):
+        return data.iloc[start:stop]
+    return data[start:stop]
+
+
 @dataclass(frozen=True)
 class Plan:
-    """How one input is cut: chunk ``i`` covers positions ``bounds[i]``."""
+    """How the inputs are cut: chunk ``i`` covers positions ``bounds[i]`` of each."""
 
-    data: Any
-    kind: str
+    inputs: tuple[Any, ...]
     bounds: tuple[tuple[int, int], ...]
 
     @classmethod
-    def make(cls, data: Any, n_chunks: int) -> Plan:
-        kind = kind_of(data)
-        n = len(data)
+    def make(cls, inputs: tuple[Any, ...], n_chunks: int) -> Plan:
+        n = check_inputs(inputs)
         bounds = tuple((i * n // n_chunks, (i + 1) * n // n_chunks) for i in range(n_chunks))
-        return cls(data, kind, bounds)
+        return cls(inputs, bounds)
+
+    @property
+    def data(self) -> Any:
+        """The first input (its index labels name the chunks)."""
+        return self.inputs[0]
 
     def __len__(self) -> int:
         return len(self.bounds)
 
     def take(self, index: int) -> Any:
+        """Chunk ``index``: a slice of the input, or a tuple of slices of each input."""
         start, stop = self.bounds[index]
-        if self.kind == "pandas" and not isinstance(self.data, _pandas().Index):
-            return self.data.iloc[start:stop]
-        return self.data[start:stop]
+        parts = tuple(_slice(data, start, stop) for data in self.inputs)
+        return parts if len(parts) > 1 else parts[0]
 
     def info(self, index: int) -> ChunkInfo:
         start, stop = self.bounds[index]
-        if self.kind == "pandas" and stop > start:
+        if kind_of(self.data) == "pandas" and stop > start:
             labels = self.data if isinstance(self.data, _pandas().Index) else self.data.index
             return ChunkInfo(index, len(self), start, stop, labels[start], labels[stop - 1], True)
         return ChunkInfo(index, len(self), start, stop)
@@ -152,6 +181,8 @@ def _category(value: Any) -> str:
         return "DataFrame"
     if pd is not None and isinstance(value, pd.Series):
         return "Series"
+    if pd is not None and isinstance(value, pd.Index):
+        return "Index"
     if np is not None and isinstance(value, np.ndarray) and value.ndim > 0:
         return "ndarray"
     if isinstance(value, list):
@@ -174,7 +205,14 @@ def join(parts: list[Any]) -> Any:
         )
     kind = categories[0] if categories else "other"
     if kind in ("DataFrame", "Series"):
-        return _pandas().concat(parts)
+        out = _pandas().concat(parts)
+        # pandas re-infers object indexes on concat (pandas-dev/pandas#60159): undo that
+        first = parts[0].index
+        if out.index.dtype != first.dtype and all(p.index.dtype == first.dtype for p in parts):
+            out.index = out.index.astype(first.dtype)
+        return out
+    if kind == "Index":
+        return parts[0].append(parts[1:])
     if kind == "ndarray":
         shapes = {p.shape[1:] for p in parts}
         if len(shapes) > 1:
@@ -182,7 +220,10 @@ def join(parts: list[Any]) -> Any:
                 f"chunk results have different trailing shapes {sorted(shapes)}: "
                 "func must return arrays that agree on every axis but the first"
             )
-        return _numpy().concatenate(parts, axis=0)
+        np = _numpy()
+        if any(isinstance(p, np.ma.MaskedArray) for p in parts):
+            return np.ma.concatenate(parts, axis=0)
+        return np.concatenate(parts, axis=0)
     if kind == "list":
         return list(chain.from_iterable(parts))
     return list(parts)

@@ -102,7 +102,7 @@ def _announce_ready(settings: Settings) -> Any:
         print(
             f"celerynb worker {name} ready: queue {settings.queue!r}, "
             f"broker {mask_url(settings.broker_url)}, store {mask_url(settings.backend_url)}",
-            file=sys.stderr,
+            file=sys.__stderr__ or sys.stderr,  # past Celery's redirection of stderr to its log
             flush=True,
         )
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import linecache
+import re
+import types
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -85,8 +88,15 @@ class ChunkError(CelerynbError):
         ]
 
     @classmethod
-    def build(cls, failure: RemoteFailure, chunk: ChunkInfo | None, what: str = "") -> ChunkError:
-        """A ChunkError for ``failure`` that is also an instance of the original type."""
+    def build(
+        cls, failure: RemoteFailure, chunk: ChunkInfo | None, what: str = "", *funcs: Any
+    ) -> ChunkError:
+        """A ChunkError for ``failure`` that is also an instance of the original type.
+
+        ``funcs`` (the call's func and reducer) let frames shipped by value be
+        shown with their file names and source lines.
+        """
+        failure = replace(failure, traceback=localize_traceback(failure.traceback, *funcs))
         where = chunk.describe() if chunk is not None else (what or "the reducer")
         worker = f" on worker {failure.worker}" if failure.worker else ""
         msg = f"{where} failed{worker}: {failure.type_name}: {failure.message}"
@@ -107,9 +117,72 @@ class ChunkError(CelerynbError):
         except Exception:  # an exception type whose __new__ wants arguments
             err = Exception.__new__(cls)
         BaseException.__init__(err, msg)
+        if kind is not cls and original is not None:
+            err.__dict__.update(getattr(original, "__dict__", {}))  # e.g. custom attributes
+            if isinstance(original, OSError):
+                for name in ("errno", "strerror", "filename", "filename2"):
+                    setattr(err, name, getattr(original, name))
         err.chunk = chunk  # type: ignore[assignment]
         err.original = original
         err.remote_traceback = failure.traceback
         err.worker = failure.worker
         err.__cause__ = RemoteTraceback(failure.traceback)
         return err
+
+
+_DYNAMIC = re.compile(r'^(\s*)File "<dynamic-code>", line (\d+), in (\S+)$')
+
+
+def _codes(root: Any, depth: int = 3) -> list[types.CodeType]:
+    """Code objects of ``root`` and of the functions it calls by global name."""
+    found: list[types.CodeType] = []
+    seen: set[int] = set()
+    todo: list[tuple[Any, int]] = [(root, depth)]
+    while todo:
+        obj, left = todo.pop()
+        code = getattr(obj, "__code__", None)
+        if not isinstance(code, types.CodeType) or id(code) in seen:
+            continue
+        seen.add(id(code))
+        stack = [code]
+        while stack:
+            current = stack.pop()
+            found.append(current)
+            stack += [c for c in current.co_consts if isinstance(c, types.CodeType)]
+            if left > 0:
+                names = getattr(obj, "__globals__", {})
+                todo += [(names[n], left - 1) for n in current.co_names if n in names]
+    return found
+
+
+def localize_traceback(text: str, *funcs: Any) -> str:
+    """Put back file names and source lines that pickling by value removed.
+
+    Functions shipped by value run on the worker as ``<dynamic-code>``; the
+    driver still has their code objects (and, through linecache, the source
+    of notebook cells), so their frames are rewritten to read like local ones.
+    """
+    if "<dynamic-code>" not in text:
+        return text
+    codes = [c for f in funcs if f is not None for c in _codes(f)]
+    out: list[str] = []
+    for line in text.splitlines():
+        match = _DYNAMIC.match(line)
+        if match is None:
+            out.append(line)
+            continue
+        indent, lineno, name = match.group(1), int(match.group(2)), match.group(3)
+        candidates = [
+            c
+            for c in codes
+            if c.co_name == name and lineno in {n for _, _, n in c.co_lines() if n is not None}
+        ]
+        if not candidates:
+            out.append(line)
+            continue
+        filename = candidates[0].co_filename
+        out.append(f'{indent}File "{filename}", line {lineno}, in {name}')
+        source = linecache.getline(filename, lineno).strip()
+        if source:
+            out.append(f"{indent}  {source}")
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")

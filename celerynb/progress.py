@@ -182,12 +182,19 @@ class TextDisplay:
 
 
 # -- notebook -------------------------------------------------------------------
+def _label(future: Any, label: str | None) -> str:
+    """``label``, else the future's ``label`` attribute (e.g. ``cmap(score)``), else cmap."""
+    found = label if label is not None else getattr(future, "label", None)
+    return found if isinstance(found, str) and found else "cmap"
+
+
 class _Throttled:
     """Common part of the notebook displays: numbers, throttling, one close."""
 
     interval = TEXT_INTERVAL
 
-    def __init__(self, future: Any, label: str) -> None:
+    def __init__(self, future: Any, label: str | None) -> None:
+        label = _label(future, label)
         self.progress = Progress(future, label)
         self.updates = 0  # refreshes actually sent, for measuring the update rate
         self._last = 0.0
@@ -224,7 +231,7 @@ class _Throttled:
 class NotebookTextDisplay(_Throttled):
     """One ``text/plain`` line, updated in place: a kernel without ipywidgets."""
 
-    def __init__(self, future: Any, label: str = "cmap") -> None:
+    def __init__(self, future: Any, label: str | None = None) -> None:
         super().__init__(future, label)
         from IPython.display import display
 
@@ -244,14 +251,14 @@ class WidgetDisplay(_Throttled):
 
     interval = WIDGET_INTERVAL
 
-    def __init__(self, future: Any, label: str = "cmap") -> None:
+    def __init__(self, future: Any, label: str | None = None) -> None:
         super().__init__(future, label)
         import ipywidgets as w
         from IPython.display import display
 
         self.future = future
         n = max(self.progress.n_chunks, 1)
-        self.title = w.HTML(f"<b>{html.escape(label)}</b>")
+        self.title = w.HTML(f"<b>{html.escape(self.progress.label)}</b>")
         self.bar = w.IntProgress(
             value=0, min=0, max=n, bar_style="info", layout=w.Layout(width="220px")
         )
@@ -263,6 +270,7 @@ class WidgetDisplay(_Throttled):
             layout=w.Layout(width="auto"),
         )
         self.button.on_click(self._on_cancel)
+        _route_clicks_to_subshell(self.button)
         self.box = _box_class()(
             [self.title, self.bar, self.label, self.button],
             layout=w.Layout(align_items="center", flex_flow="row wrap"),
@@ -303,6 +311,47 @@ class WidgetDisplay(_Throttled):
             self.handle.update(self.box)
 
 
+_subshell: str | None = None
+_subshell_tried = False
+
+
+def _route_clicks_to_subshell(widget: Any) -> None:
+    """Let ``widget``'s clicks be handled while the kernel's main shell is busy.
+
+    A blocking ``cmap`` keeps the main shell busy, so a click would wait for the
+    call to end. In ipykernel >= 7, comm messages can be routed to a *subshell*
+    (its own thread): one is created per kernel and the widget's comm routed to
+    it. Elsewhere nothing changes (the button then acts once the cell ends,
+    which is what ``cmap_async`` needs anyway).
+    """
+    global _subshell, _subshell_tried
+    if not _subshell_tried:
+        _subshell_tried = True
+        try:
+            from IPython import get_ipython
+
+            kernel = get_ipython().kernel
+            if kernel._supports_kernel_subshells:
+                manager = kernel.shell_channel_thread.manager
+                created: list[str] = []
+                done = threading.Event()
+
+                def create() -> None:  # runs in the shell channel thread
+                    try:
+                        created.append(manager._create_subshell())
+                    finally:
+                        done.set()
+
+                manager._shell_channel_io_loop.add_callback(create)
+                if done.wait(5) and created:
+                    _subshell = created[0]
+        except Exception:  # not ipykernel >= 7, or its internals changed
+            _subshell = None
+    comm = getattr(widget, "comm", None)
+    if _subshell is not None and comm is not None and hasattr(comm, "_reply_subshell_for"):
+        comm._reply_subshell_id = _subshell
+
+
 def _box_class() -> type[Any]:
     """An HBox whose ``text/plain`` is a summary line instead of ``HBox(children=...``."""
     global _BOX
@@ -327,6 +376,17 @@ def _box_class() -> type[Any]:
 
 
 _BOX: type[Any] | None = None
+
+
+def mimebundle(display: Display) -> dict[str, Any] | None:
+    """Another live view of ``display``'s widget (for a handle's ``_repr_mimebundle_``).
+
+    None unless ``display`` is a :class:`WidgetDisplay`.
+    """
+    if isinstance(display, WidgetDisplay):
+        bundle: dict[str, Any] = display.box._repr_mimebundle_()
+        return bundle
+    return None
 
 
 # -- choice ----------------------------------------------------------------------
@@ -364,7 +424,7 @@ def make_display(choice: Any, future: Any) -> Display:
     if not isinstance(choice, bool | str) or choice not in (True, "auto", "widget", "text"):
         raise ValueError(f"progress must be one of {_CHOICES}; got {choice!r}")
     if choice == "text":
-        return TextDisplay(future.n_chunks, future.n_items)
+        return TextDisplay(future.n_chunks, future.n_items, _label(future, None))
     if choice == "widget":
         if not has_ipywidgets():
             raise ImportError(
@@ -374,4 +434,4 @@ def make_display(choice: Any, future: Any) -> Display:
         return WidgetDisplay(future)
     if in_kernel():
         return WidgetDisplay(future) if has_ipywidgets() else NotebookTextDisplay(future)
-    return TextDisplay(future.n_chunks, future.n_items)
+    return TextDisplay(future.n_chunks, future.n_items, _label(future, None))

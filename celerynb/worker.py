@@ -39,9 +39,11 @@ except ValueError as exc:
 app: Celery = make_app(settings) if settings else Celery("celerynb", set_as_current=False)
 
 _client: redis.Redis | None = None
-_funcs: OrderedDict[str, tuple[Callable[[Any], Any], Callable[[list[Any]], Any] | None]] = (
-    OrderedDict()
-)
+# call id -> (func, reducer, args, kwargs), the last few calls' jobs
+_jobs: OrderedDict[
+    str,
+    tuple[Callable[..., Any], Callable[[list[Any]], Any] | None, tuple[Any, ...], dict[str, Any]],
+] = OrderedDict()
 
 
 @signals.worker_init.connect
@@ -77,13 +79,13 @@ def _secret() -> str:
 
 def _load_job(
     call: str, blob: bytes
-) -> tuple[Callable[[Any], Any], Callable[[list[Any]], Any] | None]:
-    job = _funcs.get(call)
+) -> tuple[Callable[..., Any], Callable[[list[Any]], Any] | None, tuple[Any, ...], dict[str, Any]]:
+    job = _jobs.get(call)
     if job is None:
         job = serialization.loads(_secret(), blob)
-        _funcs[call] = job
-        while len(_funcs) > 8:
-            _funcs.popitem(last=False)
+        _jobs[call] = job
+        while len(_jobs) > 8:
+            _jobs.popitem(last=False)
     return job
 
 
@@ -185,12 +187,13 @@ def run_chunk(self: Task, call: str, index: int, opts: dict[str, Any]) -> int | 
         _finish(keys, keys.chunk(index), (index, ERROR, died, _meta(self, started)), index)
         return None
     try:
-        func, _ = _load_job(call, job_blob)
+        func, _, args, kwargs = _load_job(call, job_blob)
         chunk = serialization.loads(_secret(), chunk_blob)
         del chunk_blob
+        inputs = chunk if opts.get("zip") else (chunk,)
         for attempt in range(retries + 1):
             try:
-                value = func(chunk)
+                value = func(*inputs, *args, **kwargs)
                 break
             except SoftTimeLimitExceeded:
                 raise
@@ -235,7 +238,7 @@ def reduce_chunks(self: Task, indices: list[int | None], call: str) -> None:
         store.delete(_redis(), stored + chord_keys)
         return
     try:
-        _, reducer = _load_job(call, job_blob)
+        _, reducer, _, _ = _load_job(call, job_blob)
         assert reducer is not None
         parts = [serialization.loads(_secret(), b) for b in blobs]
         del blobs

@@ -82,6 +82,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """JupyterLab on a free port with every Jupyter / IPython / XDG dir in a temp dir."""
@@ -172,7 +179,8 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _open(page: Any, lab: Lab, name: str) -> None:
     page.goto(f"{lab.url}/lab/tree/{name}?token={lab.token}")
     page.wait_for_function(
-        f"() => {{ const nb = {JS_NB}(); return nb && nb.context && nb.context.path === {name!r}; }}",
+        f"name => {{ const nb = {JS_NB}(); return nb && nb.context && nb.context.path === name; }}",
+        arg=name,
         timeout=30_000,
     )
     page.wait_for_function(f"() => ({JS_KERNEL_STATUS})() === 'idle'", timeout=30_000)
@@ -206,6 +214,21 @@ def _wait_text(page: Any, text: str, shots: Path, timeout: float = 30.0) -> None
         pytest.fail(f"{text!r} did not show in {timeout} s; page text:\n{_notebook_text(page)}")
 
 
+def _wait_in(locator: Any, text: str, timeout: float = 30.0) -> None:
+    """Wait until ``text`` shows inside the element of ``locator``."""
+    locator.wait_for(timeout=timeout * 1000)
+    locator.page.wait_for_function(
+        "([e, t]) => e.innerText.includes(t)",
+        arg=[locator.element_handle(), text],
+        timeout=timeout * 1000,
+    )
+
+
+def _run_cell(page: Any, index: int) -> None:
+    page.evaluate(f"i => {{ {JS_NB}().content.activeCellIndex = i; }}", index)
+    _run(page, "notebook:run-cell")
+
+
 def _notebook_text(page: Any) -> str:
     return str(page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook").inner_text())
 
@@ -221,9 +244,7 @@ def _pids(text: str) -> list[int]:
 
 
 def _bar_width(cell: Any) -> str:
-    return str(
-        cell.locator(".widget-hprogress .progress-bar").first.evaluate("e => e.style.width")
-    )
+    return str(cell.locator(".widget-hprogress .progress-bar").first.evaluate("e => e.style.width"))
 
 
 def _assert_rendered(text: str) -> None:
@@ -254,9 +275,10 @@ def test_widget_renders_and_completes(page: Any, lab: Lab, shots: Path) -> None:
     assert cell.locator(".widget-hprogress .progress-bar-success").count() == 1
     label = cell.locator(".widget-html-content").nth(1).inner_text()
     assert "finished" in label and "12/12 chunks" in label and "200 items in" in label, label
-    assert cell.locator(".widget-button").count() == 0 or not cell.locator(
-        ".widget-button"
-    ).first.is_visible()
+    assert (
+        cell.locator(".widget-button").count() == 0
+        or not cell.locator(".widget-button").first.is_visible()
+    )
     cell.screenshot(path=str(shots / "progress-finished.png"))
     if os.environ.get("CELERYNB_UPDATE_SCREENSHOT") or not SCREENSHOT.exists():
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
@@ -289,8 +311,7 @@ def test_interrupt_cancels_and_next_call_runs(page: Any, lab: Lab, shots: Path) 
     assert "KeyboardInterrupt" in cell.inner_text()
     cell.screenshot(path=str(shots / "progress-cancelled.png"))
 
-    page.evaluate(f"() => {{ {JS_NB}().content.activeCellIndex = 2; }}")
-    _run(page, "notebook:run-cell")
+    _run_cell(page, 2)
     _wait_text(page, "next: [1, 2", shots)
     _wait_idle(page)
     text = _notebook_text(page)
@@ -308,9 +329,28 @@ def test_interrupt_cancels_and_next_call_runs(page: Any, lab: Lab, shots: Path) 
     cell3 = _cell(page, 2)
     assert "finished" in cell3.locator(".widget-html-content").nth(1).inner_text()
 
+    # the widget's Cancel button stops a blocking cmap too (its clicks go to a kernel subshell)
+    _run_cell(page, 3)
+    cell4 = _cell(page, 3)
+    _wait_in(cell4.locator(".widget-hprogress"), "")
+    _wait_in(cell4, "2/2 workers busy")
+    clicked = time.monotonic()
+    cell4.locator(".widget-button").first.click()
+    _wait_in(cell4, "CancelledError", timeout=10)
+    button_to_stopped = time.monotonic() - clicked
+    _wait_idle(page, timeout=30)
+    assert "cancelled" in cell4.locator(".widget-html-content").nth(1).inner_text()
+    assert cell4.locator(".widget-hprogress .progress-bar-warning").count() == 1
+    cell4.screenshot(path=str(shots / "progress-cancel-button.png"))
+    _run_cell(page, 4)
+    _wait_in(_cell(page, 4), "after cancel: [0, 10, 20, 30, 40]")
+    _wait_idle(page)
+    print(f"Cancel button -> call stopped: {button_to_stopped:.2f} s")
+
     # everything stops with the server: kernels, and the clusters inside them
-    pids = _pids(text) + getattr(test_widget_renders_and_completes, "pids", [])
-    assert pids and all(_alive(p) for p in pids)
+    mains = _pids(text)[:2] + getattr(test_widget_renders_and_completes, "pids", [])[:2]
+    assert len(mains) == 4 and all(_alive(p) for p in mains)  # redis-server + worker, twice
+    pids = mains + [c for p in mains for c in _children(p)]
     _stop_lab(lab)
     deadline = time.monotonic() + 15
     while any(_alive(p) for p in pids):

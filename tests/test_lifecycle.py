@@ -119,25 +119,18 @@ def test_start_and_stop_twice() -> None:
         assert "closed" in repr(cluster)
 
 
-def test_context_manager_closes() -> None:
-    with celerynb.LocalCluster(n_workers=1) as cluster:
+def test_context_manager_closes_even_on_error() -> None:
+    with pytest.raises(ZeroDivisionError), celerynb.LocalCluster(n_workers=1) as cluster:
         check_works(cluster)
         procs = processes(cluster.pids)
         directory = cluster.dir
         assert len(procs) == 3
+        1 / 0  # noqa: B018
     assert cluster.closed
     assert_gone(procs)
     assert not directory.exists()
     with pytest.raises(celerynb.ClusterError, match="closed"):
         celerynb.cmap(len, [1, 2], cluster=cluster, progress=False)
-
-
-def test_context_manager_closes_on_error() -> None:
-    with pytest.raises(ZeroDivisionError), celerynb.LocalCluster(n_workers=1) as cluster:
-        procs = processes(cluster.pids)
-        1 / 0  # noqa: B018
-    assert cluster.closed
-    assert_gone(procs)
 
 
 def test_current_follows_the_last_cluster() -> None:

@@ -89,7 +89,9 @@ def test_usage_error_in_a_cell(ip: InteractiveShell, capsys: pytest.CaptureFixtu
     assert "Traceback" not in printed.err + printed.out
 
 
-def test_start_status_stop_restart(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+def test_start_status_stop_restart(
+    ip: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
     ip.run_line_magic("celerynb", "start -n 1")
     local = celerynb.current(start=False)
     assert isinstance(local, celerynb.LocalCluster) and local.concurrency == 1

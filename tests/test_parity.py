@@ -28,7 +28,7 @@ from celerynb import cmap
 # cloudpickle does for functions defined in a notebook.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-N = 23  # rows: prime, so no chunk count divides it evenly
+N = 13  # rows: prime, so no chunk count divides it evenly
 
 # chunks=1, 2, more chunks than workers, more chunks than rows (capped), chunk_size, default
 CHUNKINGS: list[dict[str, int]] = [
@@ -41,8 +41,12 @@ CHUNKINGS: list[dict[str, int]] = [
     {},
 ]
 CHUNK_IDS = ["chunks=1", "chunks=2", "chunks=7", "chunks=1000", "size=3", "size=1000", "default"]
+# a cheaper subset for the wide matrices: several chunks, more than workers, capped
+FEW_CHUNKINGS: list[dict[str, int]] = [{"chunks": 3}, {"chunks": 1000}]
+FEW_IDS = ["chunks=3", "chunks=1000"]
 
 parametrize_chunking = pytest.mark.parametrize("chunking", CHUNKINGS, ids=CHUNK_IDS)
+parametrize_few_chunkings = pytest.mark.parametrize("chunking", FEW_CHUNKINGS, ids=FEW_IDS)
 
 
 def expected_n_chunks(n_items: int, n_workers: int, chunking: dict[str, int]) -> int:
@@ -90,7 +94,9 @@ def assert_same(out: Any, expected: Any) -> None:
 def dtype_frame(n: int = N) -> pd.DataFrame:
     """One column per dtype of interest, with missing values where the dtype has them."""
     words = ["alpha", "beta", None, "delta", "Eps"]
-    tz_times = pd.Series(pd.date_range("2024-03-09 22:00", periods=n, freq="47min", tz="US/Eastern"))
+    tz_times = pd.Series(
+        pd.date_range("2024-03-09 22:00", periods=n, freq="47min", tz="US/Eastern")
+    )
     tz_times.iloc[3] = pd.NaT
     return pd.DataFrame(
         {
@@ -164,7 +170,6 @@ INDEX_KINDS = [
     "multi",
     "datetime",
     "datetime_tz",
-    "str_object",
     "str",
     "string",
     "categorical",
@@ -174,19 +179,55 @@ INDEX_KINDS = [
 # -- DataFrames ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("index_kind", INDEX_KINDS)
 @parametrize_chunking
-def test_dataframe_parity(
-    cluster: celerynb.LocalCluster, index_kind: str, chunking: dict[str, int]
+def test_dataframe_parity_every_chunking(
+    cluster: celerynb.LocalCluster, chunking: dict[str, int]
 ) -> None:
-    df = dtype_frame().set_axis(with_index(index_kind), axis=0)
+    df = dtype_frame()
     expected = rowwise_frame(df)
     out = run(cluster, rowwise_frame, df, **chunking)
     assert_same(out, expected)
     assert list(out.dtypes) == list(expected.dtypes)
 
 
-@parametrize_chunking
+@pytest.mark.parametrize("index_kind", INDEX_KINDS)
+@parametrize_few_chunkings
+def test_dataframe_parity_index_kinds(
+    cluster: celerynb.LocalCluster, index_kind: str, chunking: dict[str, int]
+) -> None:
+    df = dtype_frame().set_axis(with_index(index_kind), axis=0)
+    expected = rowwise_frame(df)
+    out = run(cluster, rowwise_frame, df, **chunking)
+    assert_same(out, expected)
+    assert out.index.dtype == df.index.dtype
+
+
+# BUG (celerynb/chunking.py, join(): `return _pandas().concat(parts)`): pandas 3 infers a
+# new dtype when it appends object-dtype indexes (pandas-dev/pandas#60159, open, milestone
+# 4.0), so an object index of strings comes back as dtype "str" and one of ints as int64,
+# even with chunks=1, while the serial f(df) keeps dtype object. Fix: after the concat,
+#     first = parts[0].index
+#     if out.index.dtype != first.dtype and all(p.index.dtype == first.dtype for p in parts):
+#         out.index = out.index.astype(first.dtype)
+@pytest.mark.parametrize(
+    "labels",
+    [[f"row{i}" for i in range(N)], list(range(100, 100 + N)), ["a", 1, 2.5, None] * 3 + ["z"]],
+    ids=["strings", "ints", "mixed"],
+)
+@pytest.mark.parametrize("chunks", [1, 4])
+def test_object_index_keeps_dtype(
+    cluster: celerynb.LocalCluster, labels: list[Any], chunks: int
+) -> None:
+    df = dtype_frame().set_axis(pd.Index(labels, dtype=object, name="key"), axis=0)
+    assert df.index.dtype == object
+    out = run(cluster, rowwise_frame, df, chunks=chunks)
+    assert out.index.dtype == object
+    assert_same(out, rowwise_frame(df))
+    s = df["float"]
+    assert_same(run(cluster, lambda x: x * 2, s, chunks=chunks), s * 2)
+
+
+@parametrize_few_chunkings
 def test_dataframe_multiindex_columns(
     cluster: celerynb.LocalCluster, chunking: dict[str, int]
 ) -> None:
@@ -201,7 +242,7 @@ def test_dataframe_multiindex_columns(
     assert_same(run(cluster, f, df, **chunking), f(df))
 
 
-@pytest.mark.parametrize("chunks", [1, 2, 7, 1000])
+@pytest.mark.parametrize("chunks", [2, 1000])
 def test_dataframe_returning_series(cluster: celerynb.LocalCluster, chunks: int) -> None:
     df = dtype_frame().set_axis(with_index("datetime_tz"), axis=0)
 
@@ -211,7 +252,7 @@ def test_dataframe_returning_series(cluster: celerynb.LocalCluster, chunks: int)
     assert_same(run(cluster, f, df, chunks=chunks), f(df))
 
 
-@pytest.mark.parametrize("chunks", [1, 3, 1000])
+@pytest.mark.parametrize("chunks", [3, 1000])
 def test_dataframe_row_filter(cluster: celerynb.LocalCluster, chunks: int) -> None:
     """A filter is row-wise too: chunks may come back empty or whole."""
     df = dtype_frame().set_axis(with_index("non_unique"), axis=0)
@@ -239,7 +280,7 @@ SERIES_COLUMNS = list(dtype_frame().columns)
 
 
 @pytest.mark.parametrize("column", SERIES_COLUMNS)
-@pytest.mark.parametrize("chunks", [1, 2, 7, 1000])
+@pytest.mark.parametrize("chunks", [1, 4])
 def test_series_roundtrip_every_dtype(
     cluster: celerynb.LocalCluster, column: str, chunks: int
 ) -> None:
@@ -309,12 +350,23 @@ def rowwise_array(a: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", list(ARRAYS))
-@parametrize_chunking
-def test_ndarray_parity(cluster: celerynb.LocalCluster, name: str, chunking: dict[str, int]) -> None:
+@parametrize_few_chunkings
+def test_ndarray_parity(
+    cluster: celerynb.LocalCluster, name: str, chunking: dict[str, int]
+) -> None:
     a = ARRAYS[name]
     expected = rowwise_array(a)
     out = run(cluster, rowwise_array, a, **chunking)
     assert_same(out, expected)
+
+
+@pytest.mark.parametrize("name", ["float_1d", "int_3d", "structured"])
+@parametrize_chunking
+def test_ndarray_parity_every_chunking(
+    cluster: celerynb.LocalCluster, name: str, chunking: dict[str, int]
+) -> None:
+    a = ARRAYS[name]
+    assert_same(run(cluster, rowwise_array, a, **chunking), rowwise_array(a))
 
 
 @pytest.mark.parametrize("chunks", [1, 4, 1000])
@@ -362,8 +414,8 @@ def test_list_results_concatenated(
 
 @pytest.mark.parametrize(
     "data",
-    [tuple(range(N)), range(N), range(5, 5 + 4 * N, 4), tuple(f"t{i}" for i in range(N))],
-    ids=["tuple", "range", "range_step", "tuple_str"],
+    [tuple(f"t{i}" for i in range(N)), range(5, 5 + 4 * N, 4)],
+    ids=["tuple", "range"],
 )
 @parametrize_chunking
 def test_tuple_and_range_inputs(
@@ -471,12 +523,12 @@ def test_empty_input(
     assert len(out) == 0
 
 
-# BUG (celerynb/api.py, _empty_result(): `return reduce([]) if reduce is not None else value`):
-# on empty data a function that returns a scalar / dict per chunk gives that bare value
-# (cmap(len, []) == 0), not a list as the join rule says for every other input.
-# Fix: treat empty data as one (empty) chunk and join it like any other call:
-#     parts = [value]
-#     return reduce(parts) if reduce is not None else join(parts)
+# BUG (celerynb/api.py, _empty_result()): on empty data it returns func(data) bare, so a
+# function that returns a scalar / dict per chunk gives that bare value (cmap(len, []) == 0)
+# instead of a list, as the join rule says for every other input. Fix: treat empty data as
+# one (empty) chunk and join it like any other call:
+#     value = func(*inputs, *args, **kwargs)  # (or the data[:0] fallback, as now)
+#     return reduce([value]) if reduce is not None else join([value])
 # (join([df]) / join([array]) / join([list]) give back the same object type.)
 @pytest.mark.parametrize(
     ("data", "func"),
@@ -510,7 +562,7 @@ def test_reduce_sum(cluster: celerynb.LocalCluster, chunking: dict[str, int]) ->
     assert out == f(df)
 
 
-@parametrize_chunking
+@pytest.mark.parametrize("chunking", [{"chunks": 1}, {"chunks": 7}, {"chunk_size": 3}], ids=str)
 def test_reduce_concat(cluster: celerynb.LocalCluster, chunking: dict[str, int]) -> None:
     df = dtype_frame().set_axis(with_index("multi"), axis=0)
     assert_same(run(cluster, rowwise_frame, df, reduce=pd.concat, **chunking), rowwise_frame(df))
@@ -532,10 +584,10 @@ def test_reduce_sees_chunk_results_in_order(cluster: celerynb.LocalCluster) -> N
     assert out == [i * N // 7 for i in range(7)]
 
 
-# BUG (celerynb/api.py, _empty_result(): `reduce([])`): with empty data the reducer is
-# called on zero chunk results, so reduce=pd.concat raises "No objects to concatenate"
+# BUG (celerynb/api.py, _empty_result(): `return reduce([])`): with empty data the reducer
+# is called on zero chunk results, so reduce=pd.concat raises "No objects to concatenate"
 # instead of returning the serial value reduce([func(data)]). Fix: see the bug above
-# (`parts = [value]; return reduce(parts) ...`).
+# (`return reduce([value]) if reduce is not None else join([value])`).
 def test_reduce_on_empty_input(cluster: celerynb.LocalCluster) -> None:
     df = dtype_frame().iloc[:0]
     out = run(cluster, rowwise_frame, df, reduce=pd.concat)

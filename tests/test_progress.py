@@ -150,6 +150,20 @@ def test_widget_cancel_button_calls_cancel(shell: InteractiveShell) -> None:
     assert d.bar.bar_style == "warning" and "cancelled" in d.label.value
 
 
+def test_label_from_the_future_and_second_view(shell: InteractiveShell) -> None:
+    future = FakeFuture(n_chunks=2, n_items=10)
+    future.label = "cmap(score)"  # type: ignore[attr-defined]
+    with capture_output() as cap:
+        d = WidgetDisplay(future)
+    assert "cmap(score)" in d.title.value
+    assert cap.outputs[0].data["text/plain"] == "cmap(score): 2 chunks, 10 items"
+    view = progress.mimebundle(d)  # e.g. for displaying a cmap_async handle
+    assert view is not None
+    assert view[WIDGET_MIME]["model_id"] == d.box.model_id
+    assert view["text/plain"] == "cmap(score): 2 chunks, 10 items"
+    assert progress.mimebundle(NoDisplay()) is None
+
+
 def test_notebook_text_display(shell: InteractiveShell) -> None:
     with capture_output() as cap:
         d = NotebookTextDisplay(FakeFuture(n_chunks=2, n_items=10))
@@ -245,7 +259,8 @@ def test_widget_real_failure_and_cancel(
         assert slow._display.bar.bar_style == "warning"
         assert "cancelled" in slow._display.label.value
         # the cluster is ready for the next call
-        assert celerynb.cmap(slow_double, [1, 2, 3], progress="widget", cluster=cluster) == [2, 4, 6]
+        again = celerynb.cmap(slow_double, [1, 2, 3], progress="widget", cluster=cluster)
+        assert again == [2, 4, 6]
 
 
 def test_widget_update_rate(cluster: celerynb.LocalCluster, shell: InteractiveShell) -> None:
@@ -354,7 +369,7 @@ def test_nbconvert_execute_is_clean(tmp_path: Path, block_widgets: bool) -> None
     outputs = _outputs(nb)
     texts = [_plain(o) for o in outputs]
     assert not [o for o in outputs if o["output_type"] == "error"]
-    assert not any(raw in t for t in texts for raw in RAW_REPRS + ("Traceback",)), texts
+    assert not any(raw in t for t in texts for raw in (*RAW_REPRS, "Traceback")), texts
     summaries = [t for t in texts if t.startswith("cmap finished: 8/8 chunks, 40 items in")]
     assert len(summaries) == 2, texts  # two calls in one cell: two displays
     assert "[0, 2, 4, 6, 8]" in texts[-1]

@@ -78,7 +78,7 @@ def second_secret() -> Iterator[str]:
 # -- on the `remote` fixture ----------------------------------------------------
 
 
-def test_dataframe_parity(remote: celerynb.Cluster) -> None:
+def test_dataframe_parity_and_reduce(remote: celerynb.Cluster) -> None:
     df = frame()
 
     def score(d: pd.DataFrame) -> pd.DataFrame:
@@ -95,9 +95,7 @@ def test_dataframe_parity(remote: celerynb.Cluster) -> None:
     assert out_arr.dtype == np.float32 and out_arr.shape == (20, 3)
     np.testing.assert_array_equal(out_arr, arr * 2)
 
-
-def test_reduce(remote: celerynb.Cluster) -> None:
-    df = frame()
+    # reduce= runs a chord on the remote worker
     total = celerynb.cmap(
         lambda d: int(d.a.sum()), df, chunks=5, reduce=sum, cluster=remote, progress=False
     )
@@ -114,7 +112,7 @@ def test_reduce(remote: celerynb.Cluster) -> None:
     )
 
 
-def test_chunk_error(remote: celerynb.Cluster) -> None:
+def test_chunk_errors(remote: celerynb.Cluster) -> None:
     df = frame(40)
     (worker_name,) = remote.workers()
 
@@ -134,20 +132,18 @@ def test_chunk_error(remote: celerynb.Cluster) -> None:
     # the deployment still works
     out = celerynb.cmap(lambda d: d, df, chunks=4, cluster=remote, progress=False)
     pd.testing.assert_frame_equal(out, df)
-
-
-def test_missing_module_on_the_worker(remote: celerynb.Cluster) -> None:
     if Path.cwd() == Path(__file__).parent:
-        pytest.skip("run from the tests directory: the worker could import this module")
+        return  # run from the tests directory: the worker could import this module
 
+    # a function that needs a module the worker does not have
     def uses_helper(xs: list[int]) -> list[int]:
         return [helper_in_this_module(x) for x in xs]
 
-    with pytest.raises(ModuleNotFoundError) as info:
+    with pytest.raises(ModuleNotFoundError) as missing:
         celerynb.cmap(uses_helper, [1, 2, 3], chunks=1, cluster=remote, progress=False)
-    assert isinstance(info.value, celerynb.ChunkError)
-    assert "cannot import 'test_remote'" in str(info.value)
-    assert "install it where the workers run" in str(info.value)
+    assert isinstance(missing.value, celerynb.ChunkError)
+    assert "cannot import 'test_remote'" in str(missing.value)
+    assert "install it where the workers run" in str(missing.value)
 
 
 def test_two_clients_with_different_secrets(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import os
 import secrets
 import shutil
@@ -31,7 +32,6 @@ import redis
 from kombu.connection import Connection
 
 import celerynb
-from celerynb import serialization
 from celerynb.app import Settings
 from celerynb.errors import ChunkError, ClusterError
 from celerynb.serialization import new_secret
@@ -136,6 +136,7 @@ def start_worker(
     name: str = "",
     celery_cli: bool = False,
     prefix: list[str] | None = None,
+    extra: list[str] | None = None,
 ) -> Worker:
     """Start ``celerynb worker`` (or ``celery -A celerynb.worker worker``) in a fresh cwd."""
     hostname = f"{name or 'w'}-{secrets.token_hex(3)}@scaleout"
@@ -154,6 +155,7 @@ def start_worker(
                 "--concurrency", str(concurrency), "--hostname", hostname]  # fmt: skip
         if backend:
             args += ["--backend", backend]
+    args += extra or []
     return Worker(args, env, tmp / f"{hostname.split('@')[0]}.log", hostname, cwd, prefix)
 
 
@@ -192,7 +194,8 @@ def delete_broker_state(settings: Settings) -> None:
         keys = list(client.scan_iter(match=f"*{queue}*", count=1000))
         if keys:
             client.delete(*keys)
-        stale = [m for m in client.zrange("_kombu.binding_deadlines", 0, -1) if queue.encode() in m]
+        members = client.zrange("_kombu.binding_deadlines", 0, -1)
+        stale = [m for m in members if isinstance(m, bytes) and queue.encode() in m]
         if stale:
             client.zrem("_kombu.binding_deadlines", *stale)
         client.close()
@@ -330,7 +333,7 @@ def test_celery_cli_worker_and_inspect_ping(
         env = worker_env(d.settings.secret, CELERYNB_BROKER_URL=REDIS)
         done = subprocess.run(
             [sys.executable, "-m", "celery", "-A", "celerynb.worker", "inspect", "ping",
-             "--timeout", "3"],
+             "--timeout", "2"],
             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
@@ -350,6 +353,24 @@ def test_celery_cli_worker_and_inspect_ping(
         assert other.hostname in set(future.workers), future.workers
     finally:
         other.stop()
+
+
+@needs_redis
+def test_worker_with_a_named_queue(tmp_path: Path) -> None:
+    """`--queues NAME` on the worker and `queue=NAME` on the client meet; the default does not."""
+    secret, queue = new_secret(), f"cnb-test-{secrets.token_hex(4)}"
+    worker = start_worker(tmp_path, secret, REDIS, extra=["--queues", queue])
+    named = celerynb.Cluster(Settings(REDIS, secret=secret, queue=queue))
+    default = celerynb.Cluster(Settings(REDIS, secret=secret))
+    try:
+        wait_ready(named, [worker])
+        assert celerynb.cmap(_slow_plus_one, [1, 2, 3], cluster=named, progress=False) == [2, 3, 4]
+        assert worker.hostname not in default.workers(max_age=0)
+    finally:
+        worker.stop()
+        for client in (named, default):
+            client.close()
+            delete_broker_state(client.settings)
 
 
 def _slow_plus_one(xs: list[int]) -> list[int]:
@@ -496,10 +517,12 @@ def test_local_module_registered_by_value_runs_remotely(
     assert out == [3 * x for x in range(20)]
 
 
-AUTO_SHIP = hasattr(importlib.import_module("celerynb.api"), "_local_modules")
+# The shipping and version-check patch of issue 7 (celerynb/shipping.py, used by api and worker)
+SHIPPING = importlib.util.find_spec("celerynb.shipping") is not None
+AUTO_SHIP = SHIPPING and hasattr(importlib.import_module("celerynb.api"), "shipping")
 
 
-@pytest.mark.xfail(not AUTO_SHIP, reason="needs the api.py patch of issue 7 (ship by value)")
+@pytest.mark.xfail(not AUTO_SHIP, reason="needs the shipping patch of issue 7")
 def test_local_module_is_shipped_automatically(
     deploy: dict[str, list[Deployment]], client_only_module: Any
 ) -> None:
@@ -553,20 +576,20 @@ def test_installed_package_missing_on_worker(
         sys.modules.pop(name, None)
 
 
-VERSION_CHECK = hasattr(serialization, "versions")
-
-
-@pytest.mark.xfail(not VERSION_CHECK, reason="needs the version-check patch of issue 7")
+@pytest.mark.xfail(not AUTO_SHIP, reason="needs the version-check patch of issue 7")
 def test_version_mismatch_fails_clearly_on_first_call(
     deploy: dict[str, list[Deployment]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The client claims Python 3.99: the worker refuses the job before unpickling it."""
+    shipping = importlib.import_module("celerynb.shipping")
     d = deploy["redis"][0]
-    real = serialization.versions()  # type: ignore[attr-defined]
-    monkeypatch.setattr(serialization, "versions", lambda: {**real, "python": "3.99"})
+    real = shipping.versions()
+    monkeypatch.setattr(shipping, "versions", lambda: {**real, "python": "3.99.0"})
     with pytest.raises(ChunkError) as info:
         celerynb.cmap(lambda xs: xs, list(range(8)), cluster=d.client, progress=False)
     text = str(info.value)
-    assert "3.99" in text and real["python"] in text and info.value.worker in text
+    assert "version mismatch (python)" in text and "3.99.0" in text, text
+    assert real["python"] in text and info.value.worker in text, text
     monkeypatch.undo()
     assert celerynb.cmap(lambda xs: xs, [1, 2], cluster=d.client, progress=False) == [1, 2]
 
@@ -646,12 +669,19 @@ def test_second_host_in_a_network_namespace(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("creating network namespaces needs root (CAP_NET_ADMIN)")
     with network_namespace() as (ns, host_ip, ns_ip), private_redis(tmp_path, host_ip) as url:
+        probe = (
+            "import redis\n"
+            f"print(redis.Redis.from_url({url!r}, socket_connect_timeout=3).ping())\n"
+            "try:\n"  # the machine's own Redis on 127.0.0.1 is not reachable from there
+            "    redis.Redis(port=6379, socket_connect_timeout=1).ping(); print('local')\n"
+            "except redis.ConnectionError:\n"
+            "    print('isolated')\n"
+        )
         reach = subprocess.run(
-            ["ip", "netns", "exec", ns, sys.executable, "-c",
-             f"import redis; print(redis.Redis.from_url({url!r}).ping())"],
+            ["ip", "netns", "exec", ns, sys.executable, "-c", probe],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
-        assert reach.stdout.strip() == "True", reach.stderr
+        assert reach.stdout.split() == ["True", "isolated"], reach.stdout + reach.stderr
         secret = new_secret()
         here = start_worker(tmp_path, secret, url, name="host-a")
         there = start_worker(tmp_path, secret, url, name="host-b",
