@@ -438,9 +438,9 @@ class Isolated(Candidate):
 
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(
-            target=_serve, args=(child, self.name, self.workers, self.quick), daemon=True
-        )
+        # not a daemon: pandarallel starts processes of its own; the helper exits when
+        # its pipe closes (EOFError in recv) if the harness dies
+        self.proc = ctx.Process(target=_serve, args=(child, self.name, self.workers, self.quick))
         self.proc.start()
         child.close()
         if not self.conn.poll(120):
@@ -483,7 +483,7 @@ BY_NAME = {c.name: c for c in ALL}
 def workload_set(quick: bool) -> list[Workload]:
     """W1-W4 at full or quick size."""
     w1_rows, w2_rows, w3_rows, forced = (
-        (20_000, 2_000, 1_000_000, 200) if quick else (200_000, 10_000, 10_000_000, 1000)
+        (20_000, 2_000, 1_000_000, 100) if quick else (200_000, 10_000, 10_000_000, 1000)
     )
     frame1 = workloads.make_frame(w1_rows)
     frame2 = workloads.make_frame(w2_rows, seed=1)

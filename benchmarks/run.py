@@ -196,6 +196,11 @@ def fmt_seconds(s: float) -> str:
     return f"{s:.2f} s" if s >= 1 else f"{s * 1000:.3g} ms" if s >= 0.001 else f"{s * 1e6:.3g} µs"
 
 
+def ratio(x: float) -> str:
+    """A ratio with two decimals, or two significant digits when small."""
+    return f"{x:.2f}x" if x >= 0.1 else f"{x:.2g}x"
+
+
 def fmt_value(v: float, unit: str) -> str:
     return f"+{v:.0f} MB" if unit == "MB" else fmt_seconds(v)
 
@@ -230,8 +235,8 @@ def build_rows(results: Results, titles: dict[str, str], candidates: list[Candid
 def table(rows: list[Row]) -> str:
     """The markdown table: medians (min-max), speed-up vs serial, ratio to the best peer."""
     header = (
-        f"| workload | candidate | median | min{DASH}max | vs serial | vs best peer | per chunk "
-        "| notes |\n"
+        f"| workload | candidate | median | min{DASH}max | speed-up vs serial | vs best peer "
+        "| per chunk | notes |\n"
         "|---|---|---:|---:|---:|---:|---:|---|\n"
     )
     lines = []
@@ -256,7 +261,7 @@ def table(rows: list[Row]) -> str:
             spread = f"{fmt_value(lo, row.unit)} {DASH} {fmt_value(hi, row.unit)}"
             vs_serial = "—"
             if row.unit == "s" and serial and key in ("W1", "W2", "W2c", "W3"):
-                vs_serial = f"{serial / med:.2f}x faster" if med else "—"
+                vs_serial = ratio(serial / med) if med else "—"
             if row.unit == "MB":
                 data_mb = next((n for n in notes if n.startswith("data ")), None)
                 if data_mb:
@@ -265,7 +270,7 @@ def table(rows: list[Row]) -> str:
                     notes.insert(0, f"{med / size:.2f}x the data ({size:.0f} MB)")
             vs_best = "—"
             if best:
-                vs_best = f"{med / best:.2f}x" + (" (best)" if med == best else "")
+                vs_best = ratio(med / best) + (" (best)" if med == best else "")
             per_chunk = "—"
             if row.unit == "s" and key in ("W2", "W2c") and row.m.chunks:
                 per_chunk = f"{med / row.m.chunks * 1000:.3g} ms ({row.m.chunks})"
@@ -388,14 +393,15 @@ def write_report(
     picture = f"![results]({png.name})\n\n" if chart_note is None else f"({chart_note})\n\n"
     path.write_text(
         "# celerynb benchmarks\n\n"
-        "Written by `python -m benchmarks` (see `benchmarks/run.py`). Median of the repeats, "
-        f"min{DASH}max beside it. *vs serial*: serial pandas time / this time. *vs best peer*: "
-        "this time / the best of multiprocessing.Pool, joblib, pandarallel and dask (lower is "
-        "better; the best peer shows 1.00x). *per chunk*: time / number of chunks (in "
-        "brackets). Memory: the driver's peak RSS during one W3 call above its RSS just "
-        "before the call (which already holds the input frame), measured in a fresh process "
-        "per candidate and repeat. Start-up: a fresh process per candidate and repeat, timed "
-        "from before the library's import (pandas already imported).\n\n"
+        "Written by `python -m benchmarks` (see `benchmarks/run.py`). Median of the "
+        f"repeats, min{DASH}max beside it. *speed-up vs serial*: serial pandas time / this "
+        "time. *vs best peer*: this time / the best of multiprocessing.Pool, joblib, "
+        "pandarallel and dask (lower is better; the best peer shows 1.00x). *per chunk*: "
+        "time / number of chunks (in brackets). Memory: the driver's peak RSS during one W3 "
+        "call above its RSS just before the call (which already holds the input frame), "
+        "measured in a fresh process per candidate and repeat. Start-up: a fresh process per "
+        "candidate and repeat, timed from before the library's import (pandas already "
+        "imported).\n\n"
         f"## Run\n\n{setting_lines}\n\n"
         f"## Results\n\n{text}\n{picture}"
         f"## Skipped\n\n{skip_lines}\n\n"

@@ -17,7 +17,7 @@ from celery import chord
 
 from . import serialization, store
 from .app import REDUCE, RUN_CHUNK
-from .chunking import Plan, check_inputs, join, n_chunks_for, nbytes
+from .chunking import GroupPlan, Plan, check_inputs, join, kind_of, n_chunks_for, nbytes
 from .cluster import Cluster, current
 from .errors import CancelledError, ChunkError, ClusterError, RemoteFailure
 from .progress import Display, NoDisplay, make_display
@@ -106,7 +106,7 @@ class MapFuture:
     def __init__(
         self,
         cluster: Cluster | None,
-        plan: Plan | None,
+        plan: Plan | GroupPlan | None,
         reduce: Callable[..., Any] | None,
         display: Display,
         timeout: float | None,
@@ -404,7 +404,7 @@ class MapFuture:
                 parts = [self._parts[i] for i in range(self.n_chunks)]
                 self._parts = dict.fromkeys(range(self.n_chunks))
                 self._dropped = True
-                self._value = join(parts)
+                self._value = self.plan.join(parts) if self.plan is not None else join(parts)
                 self._joined = True
         return self._value
 
@@ -492,10 +492,12 @@ def _empty_result(
     kwargs: dict[str, Any],
 ) -> Any:
     """Empty input is one empty chunk, run locally (or the empty input, if func fails)."""
+    data = inputs[0]
+    grouped = kind_of(data) == "groupby"
     try:
-        value = func(*inputs, *args, **kwargs)
+        value = data.apply(func, *args, **kwargs) if grouped else func(*inputs, *args, **kwargs)
     except Exception:
-        data = inputs[0]
+        data = data.obj if grouped else data
         value = data.iloc[:0].copy() if hasattr(data, "iloc") else data[:0]
     return reduce([value]) if reduce is not None else join([value])
 
@@ -552,7 +554,13 @@ def cmap_async(
     size = sum(nbytes(x) for x in inputs)
     n_chunks = n_chunks_for(n_items, cluster.n_workers, size, chunks, chunk_size)
     cluster.sweep()
-    plan = Plan.make(inputs, n_chunks)
+    plan: Plan | GroupPlan = (
+        GroupPlan.make(data, n_chunks)
+        if kind_of(data) == "groupby"
+        else Plan.make(inputs, n_chunks)
+    )
+    if isinstance(plan, GroupPlan):
+        job = _pickle_job(plan.wrap(func), reduce, tuple(args), kwargs)
     future = MapFuture(cluster, plan, reduce, NoDisplay(), timeout, options)
     future.func = func
     future._display = make_display(progress, future)

@@ -19,9 +19,10 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import chain
+from functools import cached_property
+from itertools import chain, pairwise
 from typing import Any
 
 from .errors import ChunkInfo
@@ -54,11 +55,10 @@ def kind_of(data: Any) -> str:
                 f"Supported data: {SUPPORTED}"
             )
         return "numpy"
-    if pd is not None and hasattr(pd.core, "groupby") and "GroupBy" in type(data).__name__:
-        raise TypeError(
-            f"cmap does not split {type(data).__name__} objects: pass the DataFrame "
-            "itself and group inside func"
-        )
+    if pd is not None and isinstance(
+        data, pd.api.typing.DataFrameGroupBy | pd.api.typing.SeriesGroupBy
+    ):
+        return "groupby"
     if isinstance(data, str | bytes | bytearray | memoryview):
         raise TypeError(
             f"cmap got {type(data).__name__}: strings are not split into characters; "
@@ -117,9 +117,10 @@ def n_chunks_for(
 
 
 def check_inputs(inputs: tuple[Any, ...]) -> int:
-    """Validate the inputs of a call; return their common length."""
-    for data in inputs:
-        kind_of(data)
+    """Validate the inputs of a call; return their common length (groups for a groupby)."""
+    kinds = [kind_of(data) for data in inputs]
+    if "groupby" in kinds and len(inputs) > 1:
+        raise TypeError("a groupby cannot be combined with other inputs: pass it alone")
     lengths = [len(data) for data in inputs]
     if len(set(lengths)) > 1:
         raise ValueError(
@@ -173,6 +174,135 @@ class Plan:
     def items(self, index: int) -> int:
         start, stop = self.bounds[index]
         return stop - start
+
+    def join(self, parts: list[Any]) -> Any:
+        """Join the chunks' results (see the module docstring)."""
+        return join(parts)
+
+    def wrap(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """What the workers call on a chunk."""
+        return func
+
+
+@dataclass(frozen=True)
+class GroupApply:
+    """Run ``func`` on every group of a chunk, as ``groupby(...).apply(func)`` would."""
+
+    func: Callable[..., Any]
+    by: Any
+    level: Any
+    options: dict[str, Any]
+
+    def __call__(self, chunk: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(chunk, tuple):  # a Series with its key values alongside
+            chunk, by = chunk
+            grouped = chunk.groupby(by, **self.options)
+        else:
+            grouped = chunk.groupby(by=self.by, level=self.level, **self.options)
+        return grouped.apply(self.func, *args, **kwargs)
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """A groupby cut into chunks of whole groups, in group order.
+
+    Groups are batched so that a chunk holds about ``rows / n_chunks`` rows;
+    a group larger than that is a chunk of its own.
+    """
+
+    grouped: Any
+    rows: tuple[Any, ...]  # row positions of each chunk, ascending
+    groups: tuple[tuple[int, int], ...]  # group numbers start:stop of each chunk
+    labels: tuple[tuple[Any, Any], ...]  # first and last group key of each chunk
+
+    @classmethod
+    def make(cls, grouped: Any, n_chunks: int) -> GroupPlan:
+        np = _numpy()
+        numbers = grouped.ngroup().to_numpy()
+        sizes = np.bincount(numbers[numbers >= 0], minlength=grouped.ngroups)
+        order = np.argsort(numbers, kind="stable")[(numbers < 0).sum() :]
+        target = max(1, math.ceil(sizes.sum() / n_chunks))
+        cuts, filled = [0], 0
+        for g, size in enumerate(sizes):
+            if filled and filled + size > target:
+                cuts.append(g)
+                filled = 0
+            filled += size
+        cuts.append(len(sizes))
+        ends = np.concatenate([[0], np.cumsum(sizes)])
+        keys = list(grouped.groups.keys()) if grouped.ngroups else []
+        if grouped.sort is False:  # ngroup numbers follow first appearance
+            firsts = {k: min(v) for k, v in grouped.indices.items()}
+            keys = sorted(keys, key=lambda k: firsts[k])
+        rows, groups, labels = [], [], []
+        for a, b in pairwise(cuts):
+            rows.append(np.sort(order[ends[a] : ends[b]]))
+            groups.append((a, b))
+            labels.append((keys[a], keys[b - 1]))
+        return cls(grouped, tuple(rows), tuple(groups), tuple(labels))
+
+    @property
+    def data(self) -> Any:
+        return self.grouped.obj
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, index: int) -> Any:
+        rows = self.rows[index]
+        chunk = self.grouped.obj.iloc[rows]
+        if chunk.ndim == 1 and self.grouped.level is None:  # keys may live outside the Series
+            return chunk, [key.iloc[rows] for key in self._keys]
+        return chunk
+
+    @cached_property
+    def _keys(self) -> list[Any]:
+        """The grouping keys of a SeriesGroupBy as named Series aligned with its rows."""
+        pd = _pandas()
+        obj = self.grouped.obj
+        return [
+            pd.Series(g.grouping_vector, index=obj.index, name=g.name)
+            for g in self.grouped._grouper.groupings
+        ]
+
+    def items(self, index: int) -> int:
+        return len(self.rows[index])
+
+    def info(self, index: int) -> ChunkInfo:
+        (start, stop), (first, last) = self.groups[index], self.labels[index]
+        return ChunkInfo(index, len(self), start, stop, first, last, True, "groups")
+
+    def wrap(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        g = self.grouped
+        by = None if g.level is not None else g.keys
+        options = {
+            "sort": g.sort,
+            "group_keys": g.group_keys,
+            "dropna": g.dropna,
+            "observed": g.observed,
+            "as_index": g.as_index,
+        }
+        if g.obj.ndim == 1:
+            options.pop("as_index")
+        return GroupApply(func, by, g.level, options)
+
+    def join(self, parts: list[Any]) -> Any:
+        """Concatenate in group order, as the full ``apply`` would have laid it out."""
+        pd, np = _pandas(), _numpy()
+        parts = [p for p in parts if p is not None]
+        frames = all(isinstance(p, pd.DataFrame | pd.Series) for p in parts)
+        if not frames:
+            return join(parts)
+        obj = self.grouped.obj
+        like_indexed = all(
+            p.index.equals(obj.index[r]) for p, r in zip(parts, self.rows, strict=True)
+        )
+        if like_indexed and not self.grouped.group_keys:  # pandas restores the row order
+            out = pd.concat(parts)
+            return out.iloc[np.argsort(np.concatenate(self.rows), kind="stable")]
+        if all(isinstance(p.index, pd.RangeIndex) and p.index.start == 0 for p in parts):
+            return pd.concat(parts, ignore_index=True)
+        return join(parts)
 
 
 def _category(value: Any) -> str:

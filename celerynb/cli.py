@@ -30,10 +30,12 @@ examples:
   {ENV_BROKER}=redis://... {ENV_SECRET}=... celery -A celerynb.worker worker
 
 The notebook connects with celerynb.connect(broker_url, backend_url, secret=...)
-(or the same {ENV_BROKER} / {ENV_BACKEND} / {ENV_SECRET}
-variables) and finds these workers on the queue derived from the secret. Arguments this command
-does not know (e.g. -E for Flower, --max-tasks-per-child N) go to `celery worker`.
-Exit codes: {EXIT_CONFIG} bad settings, {EXIT_UNREACHABLE} broker or store unreachable.
+(or the same {ENV_BROKER} / {ENV_BACKEND} /
+{ENV_SECRET} variables) and finds these workers on the queue derived from
+the secret. Arguments this command does not know (e.g. -E for Flower,
+--max-tasks-per-child N) go to `celery worker`.
+
+exit codes: {EXIT_CONFIG} missing or bad settings, {EXIT_UNREACHABLE} broker or store unreachable.
 """
 
 

@@ -32,11 +32,13 @@ class ChunkInfo:
     first_label: Any = None
     last_label: Any = None
     has_labels: bool = False
+    unit: str = "positions"  # or "groups" for a groupby
 
     def describe(self) -> str:
-        where = f"chunk {self.index} of {self.n_chunks} (positions {self.start}:{self.stop}"
+        where = f"chunk {self.index} of {self.n_chunks} ({self.unit} {self.start}:{self.stop}"
         if self.has_labels:
-            where += f", index {self.first_label!r} .. {self.last_label!r}"
+            what = "keys" if self.unit == "groups" else "index"
+            where += f", {what} {self.first_label!r} .. {self.last_label!r}"
         return where + ")"
 
 

@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -223,6 +224,44 @@ def test_chunk_error_keeps_the_original_attributes(cluster: celerynb.LocalCluste
         run(cluster, read, [1], chunks=1)
     assert os_info.value.filename == "/nonexistent-celerynb-dir/file.csv"
     assert os_info.value.errno == 2
+
+
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("this exception cannot be printed")
+
+
+def test_exception_whose_str_fails_does_not_hang_the_call(cluster: celerynb.LocalCluster) -> None:
+    # BUG: failure_of (celerynb/worker.py, `message = str(exc)`) raises inside run_chunk's
+    # `except` block, so no record reaches the driver and cmap waits forever (here: until
+    # timeout=). Proposed fix: `try: message = str(exc) except Exception: message =
+    # f"<unprintable {type(exc).__name__}>"`, and in run_chunk fall back to a minimal
+    # RemoteFailure if building or pushing the failure record raises.
+    def unprintable(xs: list[int]) -> list[int]:
+        raise UnprintableError("x")
+
+    started = time.monotonic()
+    with pytest.raises(celerynb.ChunkError) as info:
+        run(cluster, unprintable, [1, 2], chunks=1, timeout=BOUND)
+    assert time.monotonic() - started < BOUND
+    assert "UnprintableError" in str(info.value)
+    assert_cluster_ok(cluster)
+
+
+def test_sys_exit_in_func_is_a_chunk_error(cluster: celerynb.LocalCluster) -> None:
+    # BUG: run_chunk (celerynb/worker.py) catches only Exception, so sys.exit() in func
+    # ends the pool process; the chunk is redelivered `attempts` times and finally reported
+    # as "WorkerLostError: the worker process running this chunk died 3 times (killed by a
+    # signal, out of memory, ...)", which hides the real cause. Proposed fix: around the
+    # func(...) call, also catch SystemExit and report it like any other exception.
+    def quits(xs: list[int]) -> list[int]:
+        sys.exit(3)
+
+    with pytest.raises(celerynb.ChunkError) as info:
+        run(cluster, quits, [1, 2], chunks=1, timeout=60)
+    assert "SystemExit" in str(info.value), str(info.value)
+    assert "in quits" in info.value.remote_traceback
+    assert_cluster_ok(cluster)
 
 
 def test_unpicklable_exception_still_gives_chunk_error(cluster: celerynb.LocalCluster) -> None:

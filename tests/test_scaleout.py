@@ -339,6 +339,9 @@ def test_celery_cli_worker_and_inspect_ping(
         assert done.returncode == 0, done.stdout + done.stderr
         for name in (*d.names, other.hostname):
             assert name in done.stdout, done.stdout
+        assert f"celerynb worker {d.workers[0].hostname} ready: queue {d.settings.queue!r}" in (
+            d.workers[0].output()
+        )
         # a client with another secret does not see these workers at all
         env["CELERYNB_SECRET"] = new_secret()
         done = subprocess.run(
