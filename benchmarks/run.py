@@ -55,9 +55,13 @@ COLD_FIRST = "first"
 MEMORY = "W3mem"
 
 
+_T0 = time.perf_counter()
+QUICK_COLD = ("serial", "cmap", "pool")  # --quick: fresh-process runs of these only
+
+
 def log(message: str) -> None:
-    """Progress on stderr (stdout gets the table)."""
-    print(message, file=sys.stderr, flush=True)
+    """Progress on stderr (stdout gets the table), with seconds since the start."""
+    print(f"[{time.perf_counter() - _T0:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -521,10 +525,13 @@ def main(argv: list[str] | None = None) -> int:
                 results[w.key][c.name].note(f"n/a: {why}")
 
     w2, w3 = workloads[1], workloads[3]
-    log(f"cold start-up and W3 memory, {cold_repeats} x {len(runnable)} fresh processes")
-    run_cold(
-        [c.name for c in runnable], cold_repeats, args.workers, len(w2.data), len(w3.data), results
-    )
+    cold = [c.name for c in runnable if not quick or c.name in QUICK_COLD]
+    for c in runnable:
+        if c.name not in cold:
+            for key in (COLD_READY, COLD_FIRST, MEMORY):
+                results[key][c.name].note("not measured in --quick mode")
+    log(f"cold start-up and W3 memory, {cold_repeats} x {len(cold)} fresh processes")
+    run_cold(cold, cold_repeats, args.workers, len(w2.data), len(w3.data), results)
 
     started: list[Candidate] = []
     with stopping(started):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import html
+import math
 import pickle
+import statistics
 import threading
 import time
 import uuid
@@ -17,13 +19,26 @@ from celery import chord
 
 from . import serialization, store
 from .app import REDUCE, RUN_CHUNK
-from .chunking import GroupPlan, Plan, check_inputs, join, kind_of, n_chunks_for, nbytes
+from .chunking import (
+    CHUNKS_PER_WORKER,
+    MAX_CHUNK_BYTES,
+    GroupPlan,
+    Plan,
+    check_inputs,
+    join,
+    kind_of,
+    n_chunks_for,
+    nbytes,
+)
 from .cluster import Cluster, current
 from .errors import CancelledError, ChunkError, ClusterError, RemoteFailure
 from .progress import Display, NoDisplay, make_display
 from .store import ERROR, OK, REDUCED, STORED, CallKeys
 
 TICK = 0.1  # seconds a poll waits for news before the display is refreshed
+TARGET_CHUNK_SECONDS = 0.2  # adaptive chunking aims at chunks of about this long
+ADAPT_MIN_ITEMS_PER_WORKER = 64  # smaller inputs use the fixed default
+PROBES_PER_WORKER = 32  # a probe chunk holds 1/(32 x workers) of the items
 _PUSH_BYTES = 32 * 2**20  # chunk bytes buffered before a pipeline is flushed
 
 
@@ -141,30 +156,32 @@ class MapFuture:
         self._arrived = threading.Condition(self._lock)  # a part arrived, or the call ended
         self._joined = reduce is not None  # map calls join their parts on first result()
         self._dropped = False
+        self._planned = True  # False while adaptive chunking waits for its probes
+        self._size = 0  # bytes of the inputs
         self._generation = cluster.generation if cluster is not None else 0
 
     # -- submission -----------------------------------------------------------
     def _task_id(self, index: int) -> str:
         return store.task_id(self.call, index)
 
-    def _submit(self, job: bytes) -> None:
+    def _store_chunks(self, indices: Iterable[int]) -> None:
+        """Serialize and store chunks ``indices``, streaming them in pipelined batches."""
         assert self.cluster is not None and self.plan is not None
-        cluster, plan, secret = self.cluster, self.plan, self.cluster.settings.secret
-        store.check_size(job, "func (with everything it refers to)", "pass big objects as data")
-        pipe = cluster.redis.pipeline(transaction=False)
-        pipe.set(self.keys.func, serialization.sign(secret, job), ex=store.TTL)
+        plan, secret = self.plan, self.cluster.settings.secret
+        pipe = self.cluster.redis.pipeline(transaction=False)
         buffered = 0
-        for i in range(len(plan)):
+        for i in indices:
+            what = plan.info(i).describe()
             try:
                 blob = serialization.dumps(secret, plan.take(i))
             except Exception as exc:
                 self._cleanup()
                 raise TypeError(
-                    f"{plan.info(i).describe()} of the data cannot be pickled "
+                    f"{what} of the data cannot be pickled "
                     f"({type(exc).__name__}: {exc}); pass data made of picklable objects"
                 ) from exc
             try:
-                store.check_size(blob, plan.info(i).describe(), "pass more chunks (chunks=...)")
+                store.check_size(blob, what, "pass more chunks (chunks=...)")
             except store.PayloadTooLarge:
                 self._cleanup()
                 raise
@@ -175,6 +192,45 @@ class MapFuture:
                 pipe.execute()
                 buffered = 0
         pipe.execute()
+
+    def _plan_rest(self) -> None:
+        """Adaptive chunking: size the chunks after the probes from their measured time."""
+        assert self.cluster is not None and isinstance(self.plan, Plan)
+        timed = [
+            seconds / self.plan.items(i)
+            for i, seconds in enumerate(self.chunk_seconds)
+            if seconds is not None
+        ]
+        per_item = max(statistics.median(timed), 1e-9)
+        workers, left = self.cluster.n_workers, self.n_items - self.plan.covered
+        # guided schedule: each chunk is a share of what is left, so chunks shrink
+        # towards the end and a slow tail is spread over all workers; no chunk is
+        # shorter than TARGET_CHUNK_SECONDS (per-chunk overhead) unless that would
+        # leave a worker idle, and none holds more than MAX_CHUNK_BYTES
+        lowest = math.ceil(TARGET_CHUNK_SECONDS / per_item)
+        highest = max(1, math.ceil(left / workers))
+        if self._size:
+            highest = min(highest, max(1, self.n_items * MAX_CHUNK_BYTES // self._size))
+        sizes = []
+        while left > 0:
+            size = min(max(math.ceil(left / (CHUNKS_PER_WORKER * workers)), lowest), highest, left)
+            sizes.append(size)
+            left -= size
+        first = self.n_chunks
+        self.plan = self.plan.then(sizes)
+        self.n_chunks = len(self.plan)
+        self.workers += [None] * (self.n_chunks - first)
+        self.chunk_seconds += [None] * (self.n_chunks - first)
+        self._planned = True
+        self._store_chunks(range(first, self.n_chunks))
+        self._publish(range(first, self.n_chunks))
+
+    def _submit(self, job: bytes) -> None:
+        assert self.cluster is not None and self.plan is not None
+        cluster, plan, secret = self.cluster, self.plan, self.cluster.settings.secret
+        store.check_size(job, "func (with everything it refers to)", "pass big objects as data")
+        cluster.redis.set(self.keys.func, serialization.sign(secret, job), ex=store.TTL)
+        self._store_chunks(range(len(plan)))
         app, queue = cluster.app, cluster.settings.queue
         chord_mode = self.reduce is not None
         if not chord_mode:
@@ -319,6 +375,8 @@ class MapFuture:
         self._items_done += self.plan.items(index)
         with self._arrived:  # an RLock: fine if already held
             self._arrived.notify_all()
+        if not self._planned:
+            self._plan_rest()
         if status == STORED or len(self._parts) < self.n_chunks:
             return
         self._finish()
@@ -552,17 +610,29 @@ def cmap_async(
     if cluster.closed:
         raise ClusterError(f"{cluster!r} is closed: start a new one or pass cluster=None")
     size = sum(nbytes(x) for x in inputs)
-    n_chunks = n_chunks_for(n_items, cluster.n_workers, size, chunks, chunk_size)
+    workers = cluster.n_workers
+    grouped = kind_of(data) == "groupby"
+    adaptive = (
+        chunks is None and chunk_size is None and reduce is None and not grouped
+        and n_items >= ADAPT_MIN_ITEMS_PER_WORKER * workers
+    )  # fmt: skip
     cluster.sweep()
-    plan: Plan | GroupPlan = (
-        GroupPlan.make(data, n_chunks)
-        if kind_of(data) == "groupby"
-        else Plan.make(inputs, n_chunks)
-    )
-    if isinstance(plan, GroupPlan):
+    plan: Plan | GroupPlan
+    if grouped:
+        plan = GroupPlan.make(data, n_chunks_for(n_items, workers, size, chunks, chunk_size))
         job = _pickle_job(plan.wrap(func), reduce, tuple(args), kwargs)
+    elif adaptive:  # one probe chunk per worker first: see MapFuture._plan_rest
+        probe = min(
+            n_items // (PROBES_PER_WORKER * workers),
+            max(1, n_items * MAX_CHUNK_BYTES // max(size, 1)),
+        )
+        plan = Plan.probe(inputs, workers, max(1, probe))
+    else:
+        plan = Plan.make(inputs, n_chunks_for(n_items, workers, size, chunks, chunk_size))
     future = MapFuture(cluster, plan, reduce, NoDisplay(), timeout, options)
     future.func = func
+    future._size = size
+    future._planned = not adaptive
     future._display = make_display(progress, future)
     try:
         future._submit(job)

@@ -4,8 +4,16 @@ Supported inputs: pandas ``DataFrame`` / ``Series`` / ``Index`` (split by
 rows), NumPy ``ndarray`` (split on axis 0) and any sized sequence that slices
 (list, tuple, range, ...).
 
-Default chunking: ``4 x workers`` chunks, more if a chunk would exceed
-``MAX_CHUNK_BYTES`` (64 MiB), never more chunks than items.
+Fixed chunking: ``4 x workers`` chunks, more if a chunk would exceed
+``MAX_CHUNK_BYTES`` (64 MiB), never more chunks than items. It is the default
+for small inputs (under 64 items per worker), groupby and ``reduce=`` calls.
+Otherwise the default is adaptive (see ``MapFuture._plan_rest``): one small
+probe chunk per worker runs first; from its measured time per item the rest
+is cut on a guided schedule: each chunk takes ``1 / (4 x workers)`` of what is
+left, so chunks shrink towards the end and a slow tail spreads over all
+workers; no chunk is planned shorter than 0.2 s (per-chunk overhead) unless
+that would leave a worker idle, and none exceeds 64 MiB. ``chunks=`` /
+``chunk_size=`` override both rules.
 
 Join rule: if every chunk returned a DataFrame, every one a Series, every one
 an Index, or every one an ndarray, they are concatenated in chunk order (pandas keeps index,
@@ -146,9 +154,32 @@ class Plan:
 
     @classmethod
     def make(cls, inputs: tuple[Any, ...], n_chunks: int) -> Plan:
-        n = check_inputs(inputs)
-        bounds = tuple((i * n // n_chunks, (i + 1) * n // n_chunks) for i in range(n_chunks))
-        return cls(inputs, bounds)
+        return cls(inputs, ()).extended(n_chunks)
+
+    @classmethod
+    def probe(cls, inputs: tuple[Any, ...], n_chunks: int, size: int) -> Plan:
+        """Only the first ``n_chunks`` chunks of ``size`` items: the rest comes later."""
+        return cls(inputs, tuple((i * size, (i + 1) * size) for i in range(n_chunks)))
+
+    @property
+    def covered(self) -> int:
+        """Items the chunks planned so far cover (from position 0)."""
+        return self.bounds[-1][1] if self.bounds else 0
+
+    def extended(self, n_chunks: int) -> Plan:
+        """This plan with the items not yet covered split evenly into ``n_chunks`` more."""
+        rest = check_inputs(self.inputs) - self.covered
+        return self.then(
+            [(i + 1) * rest // n_chunks - i * rest // n_chunks for i in range(n_chunks)]
+        )
+
+    def then(self, sizes: list[int]) -> Plan:
+        """This plan followed by chunks of ``sizes`` items."""
+        bounds, start = list(self.bounds), self.covered
+        for size in sizes:
+            bounds.append((start, start + size))
+            start += size
+        return Plan(self.inputs, tuple(bounds))
 
     @property
     def data(self) -> Any:

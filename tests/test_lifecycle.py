@@ -133,34 +133,27 @@ def test_context_manager_closes_even_on_error() -> None:
         celerynb.cmap(len, [1, 2], cluster=cluster, progress=False)
 
 
-def test_current_follows_the_last_cluster() -> None:
+def test_current_follows_the_last_cluster_and_clusters_are_independent() -> None:
     with celerynb.LocalCluster(n_workers=1) as first:
         assert celerynb.current(start=False) is first
         assert celerynb.current() is first  # start=True does not start another
-        assert celerynb.current() is first
+        with celerynb.LocalCluster(n_workers=1) as second:
+            assert celerynb.current(start=False) is second
+            assert first.settings.queue != second.settings.queue
+            assert first.settings.secret != second.settings.secret
+            assert not set(first.pids) & set(second.pids)
+            check_works(first)
+            # cmap without cluster= uses the current one
+            future = celerynb.cmap_async(lambda xs: xs, [1, 2, 3], progress=False)
+            assert future.cluster is second
+            assert future.result(timeout=BOUND) == [1, 2, 3]
+            procs_second = processes(second.pids)
+        assert_gone(procs_second)
+        assert celerynb.current(start=False) is None  # a closed cluster is never current
+        check_works(first)  # closing one cluster leaves the other alone
+        assert first.state == "running"
     assert first.closed
-    assert celerynb.current(start=False) is None  # a closed cluster is never current
-    second = celerynb.LocalCluster(n_workers=1)
-    try:
-        assert celerynb.current(start=False) is second
-        # cmap without cluster= uses the current one
-        assert celerynb.cmap(lambda xs: xs, [1, 2, 3], progress=False) == [1, 2, 3]
-    finally:
-        second.close()
     assert celerynb.current(start=False) is None
-
-
-def test_two_clusters_at_once_are_independent() -> None:
-    with celerynb.LocalCluster(n_workers=1) as one, celerynb.LocalCluster(n_workers=1) as two:
-        assert one.settings.queue != two.settings.queue
-        assert not set(one.pids) & set(two.pids)
-        check_works(one)
-        check_works(two)
-        procs_one = processes(one.pids)
-        one.close()
-        assert_gone(procs_one)
-        check_works(two)  # closing one leaves the other alone
-        assert two.state == "running"
 
 
 def test_restart_replaces_every_process() -> None:

@@ -377,3 +377,21 @@ def test_nbconvert_execute_is_clean(tmp_path: Path, block_widgets: bool) -> None
     assert has_widgets is not block_widgets
     stderr = [o for o in outputs if o.get("name") == "stderr"]
     assert not stderr, stderr  # no tqdm \r noise in a notebook
+
+
+@pytest.mark.slow
+def test_strict_nbval_passes(tmp_path: Path) -> None:
+    """Strict ``--nbval`` compares ``text/plain`` at display time: a stable header line."""
+    notebook = tmp_path / "progress_nbval.ipynb"
+    notebook.write_bytes((NOTEBOOKS / "progress_nbval.ipynb").read_bytes())
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval", "-p", "no:cacheprovider", "-q",
+         "--noconftest", str(notebook)],
+        env=_env(tmp_path, block_widgets=False),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "3 passed" in result.stdout
