@@ -183,7 +183,7 @@ class Pool(Candidate):
         if pool is not None:
             pool.terminate()
             pool.join()
-            self.pool = None
+            del self.pool
 
 
 class Joblib(Candidate):
@@ -386,7 +386,10 @@ def _serve(conn: Any, name: str, workers: int, quick: bool) -> None:
         candidate.start()
         conn.send(("ready", None))
         while True:
-            request = conn.recv()
+            try:
+                request = conn.recv()
+            except EOFError:  # the harness is gone
+                break
             if request is None:
                 break
             key, warm = request
@@ -464,7 +467,7 @@ class Isolated(Candidate):
         if proc.is_alive():
             proc.kill()
             proc.join()
-        self.proc = None
+        del self.proc
 
 
 ALL: list[type[Candidate]] = [
@@ -483,7 +486,7 @@ BY_NAME = {c.name: c for c in ALL}
 def workload_set(quick: bool) -> list[Workload]:
     """W1-W4 at full or quick size."""
     w1_rows, w2_rows, w3_rows, forced = (
-        (20_000, 2_000, 1_000_000, 100) if quick else (200_000, 10_000, 10_000_000, 1000)
+        (20_000, 2_000, 1_000_000, 50) if quick else (200_000, 10_000, 10_000_000, 1000)
     )
     frame1 = workloads.make_frame(w1_rows)
     frame2 = workloads.make_frame(w2_rows, seed=1)

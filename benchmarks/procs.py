@@ -113,8 +113,8 @@ def stop(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
     except ProcessLookupError:
         leader = False
     with contextlib.suppress(ProcessLookupError):
-        if leader:
-            os.killpg(proc.pid, signal.SIGTERM)
+        if leader:  # a Celery worker: cold shutdown (SIGQUIT) of it and its pool
+            os.killpg(proc.pid, signal.SIGQUIT)
         elif proc.poll() is None:
             proc.terminate()
     try:

@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as a script: python benchmarks/run.py
 
 import numpy as np
 
+from benchmarks import candidates
 from benchmarks.candidates import (
     ALL,
     BY_NAME,
@@ -95,6 +96,7 @@ def run_cold(
     names: list[str], repeats: int, workers: int, w2_rows: int, w3_rows: int, results: Results
 ) -> None:
     """Start-up and W3 memory of each candidate, each from a fresh subprocess."""
+    limit = 2 * candidates.TIMEOUT
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     )
@@ -114,12 +116,12 @@ def run_cold(
                 start_new_session=True,
             )
             try:
-                stdout, stderr = proc.communicate(timeout=300)
+                stdout, stderr = proc.communicate(timeout=limit)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 stdout, stderr = proc.communicate()
-                stderr += "\ntimed out after 300 s"
+                stderr += f"\ntimed out after {limit:.0f} s"
             lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not lines:
                 tail = (stderr.strip().splitlines() or ["no output"])[-1][:120]
@@ -449,6 +451,7 @@ def stopping(candidates: list[Candidate]) -> Iterator[None]:
         yield
     finally:
         for c in reversed(candidates):
+            log(f"closing {c.name}")
             try:
                 c.close()
             except Exception as exc:
@@ -491,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown candidates {unknown}; choose from {list(BY_NAME)}")
     warnings.filterwarnings("ignore", message="Sending large graph")
+    candidates.TIMEOUT = 120.0 if quick else 600.0
     started_at = time.perf_counter()
     load_before = os.getloadavg()
 
@@ -551,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         order = [c for c in runnable if c in live]
         run_warm(order, workloads, repeats, heavy, results)
 
+    log("writing the report")
     load_after = os.getloadavg()
     elapsed = time.perf_counter() - started_at
     rows = build_rows(results, titles, everyone)

@@ -32,10 +32,10 @@ from .chunking import (
 )
 from .cluster import Cluster, current
 from .errors import CancelledError, ChunkError, ClusterError, RemoteFailure
-from .progress import Display, NoDisplay, make_display
+from .progress import Display, NoDisplay, make_display, mimebundle
 from .store import ERROR, OK, REDUCED, STORED, CallKeys
 
-TICK = 0.1  # seconds a poll waits for news before the display is refreshed
+TICK = 0.08  # seconds a poll waits for news before the display is refreshed
 TARGET_CHUNK_SECONDS = 0.2  # adaptive chunking aims at chunks of about this long
 ADAPT_MIN_ITEMS_PER_WORKER = 64  # smaller inputs use the fixed default
 PROBES_PER_WORKER = 32  # a probe chunk holds 1/(32 x workers) of the items
@@ -129,6 +129,7 @@ class MapFuture:
     ) -> None:
         self.cluster = cluster
         self.func: Callable[..., Any] | None = None
+        self.label = "cmap"
         self.plan = plan
         self.reduce = reduce
         self.call = uuid.uuid4().hex
@@ -279,6 +280,9 @@ class MapFuture:
         """The one polling loop of a call: runs in its own thread until the call ends."""
         try:
             while self.state == "running":
+                if self.cluster is not None and self.cluster.closed:
+                    self.cancel(reason="the cluster was closed")
+                    break
                 if self.deadline is not None and time.monotonic() >= self.deadline:
                     with self._lock:
                         if self.state == "running":
@@ -509,14 +513,12 @@ class MapFuture:
             return ready
         return self._order[yielded:]
 
-    def cancel(self) -> bool:
+    def cancel(self, reason: str = "the call was cancelled") -> bool:
         """Revoke the outstanding chunks and stop running ones; False if already done."""
         with self._lock:
             if self.state != "running":
                 return False
-            self._fail(
-                CancelledError(f"the call was cancelled ({self._progress_text()})"), "cancelled"
-            )
+            self._fail(CancelledError(f"{reason} ({self._progress_text()})"), "cancelled")
             return True
 
     def _progress_text(self) -> str:
@@ -531,6 +533,13 @@ class MapFuture:
             f"<MapFuture {self.state}: {self._progress_text()}, "
             f"{self._items_done}/{self.n_items} items, {self.elapsed:.1f} s>"
         )
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        """In a notebook, a displayed handle is another live view of its progress widget."""
+        bundle = mimebundle(self._display)
+        if bundle is None:
+            bundle = {"text/plain": repr(self), "text/html": self._repr_html_()}
+        return bundle
 
     def _repr_html_(self) -> str:
         colour = {"finished": "success", "running": "brand"}.get(self.state, "error")
@@ -631,6 +640,7 @@ def cmap_async(
         plan = Plan.make(inputs, n_chunks_for(n_items, workers, size, chunks, chunk_size))
     future = MapFuture(cluster, plan, reduce, NoDisplay(), timeout, options)
     future.func = func
+    future.label = f"cmap({getattr(func, '__name__', type(func).__name__)})"
     future._size = size
     future._planned = not adaptive
     future._display = make_display(progress, future)
@@ -639,6 +649,7 @@ def cmap_async(
     except BaseException:
         future._fail(CancelledError("submission failed"), "failed")
         raise
+    cluster.running.add(future)
     future._start_poller()
     return future
 

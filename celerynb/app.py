@@ -35,10 +35,16 @@ class Settings:
     so clients with different secrets never take each other's chunks.
     """
 
-    broker_url: str
+    broker_url: str = field(repr=False)
     secret: str = field(repr=False)
-    backend_url: str = ""
+    backend_url: str = field(default="", repr=False)
     queue: str = ""
+
+    def __repr__(self) -> str:
+        return (
+            f"Settings(broker_url={mask_url(self.broker_url)!r}, "
+            f"backend_url={mask_url(self.backend_url)!r}, queue={self.queue!r})"
+        )
 
     def __post_init__(self) -> None:
         if not self.secret:

@@ -20,12 +20,13 @@ import threading
 import time
 import weakref
 from pathlib import Path
+from typing import Any
 
 import redis
 from celery import Celery
 
 from . import store
-from ._proc import free_port, spawn, tail
+from ._proc import alive, free_port, spawn, tail
 from .app import ENV_BROKER, Settings, make_app, mask_url
 from .errors import ClusterError
 from .serialization import new_secret
@@ -51,6 +52,7 @@ class Cluster:
         self.closed = False
         self._workers: tuple[float, dict[str, int]] = (0.0, {})
         self._leftovers: list[tuple[float, list[str]]] = []
+        self.running: weakref.WeakSet[Any] = weakref.WeakSet()  # calls in flight
 
     def defer_delete(self, keys: list[str], delay: float = 5.0) -> None:
         """Delete ``keys`` at a sweep ``delay`` s from now (late writers may still come)."""
@@ -122,6 +124,8 @@ class Cluster:
             if _current is self:
                 _current = None
         if not self.closed:
+            for future in list(self.running):
+                future.cancel(reason="the cluster was closed")
             self.closed = True
             self.sweep(force=True)
             self.redis.close()
@@ -232,7 +236,14 @@ class LocalCluster(Cluster):
                 "client-output-buffer-limit pubsub 0 0 0\n"
             )
             conf.chmod(0o600)
-            proc = spawn([server, str(conf)], stdin=subprocess.DEVNULL, cwd=self.dir)
+            # its own session: a kernel interrupt (SIGINT to the kernel's process
+            # group, as jupyter_client sends it) must not stop the redis-server
+            proc = spawn(
+                [server, str(conf)],
+                stdin=subprocess.DEVNULL,
+                cwd=self.dir,
+                start_new_session=True,
+            )
             self.redis_proc = proc
             self._finalizer.detach()
             self._finalizer = weakref.finalize(self, _stop, self.dir, [proc])
@@ -346,7 +357,7 @@ class LocalCluster(Cluster):
         procs = [p for p in (self.redis_proc, self.worker_proc) if p is not None]
         pids = [p.pid for p in procs if p.poll() is None]
         if self.worker_proc is not None and self.worker_proc.poll() is None:
-            pids += _children(self.worker_proc.pid)
+            pids += [pid for pid in _children(self.worker_proc.pid) if alive(pid)]
         return pids
 
     def close(self) -> None:
@@ -391,7 +402,7 @@ def _stop_procs(procs: list[subprocess.Popen[bytes]], grace: float = 3.0) -> Non
     leaders = {proc.pid for proc in procs if _leads_group(proc)}
     for proc in procs:
         try:
-            if proc.pid in leaders:  # the worker: cold shutdown of it and its pool
+            if proc.pid in leaders and "celery" in proc.args:  # cold shutdown, with its pool
                 os.killpg(proc.pid, signal.SIGQUIT)
             elif proc.poll() is None:
                 proc.terminate()

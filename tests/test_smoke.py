@@ -10,5 +10,7 @@ def test_dataframe_roundtrip(cluster: celerynb.LocalCluster) -> None:
 
 
 def test_remote_worker(remote: celerynb.Cluster) -> None:
-    out = celerynb.cmap(lambda xs: [x + 1 for x in xs], list(range(50)), cluster=remote, progress=False)
+    out = celerynb.cmap(
+        lambda xs: [x + 1 for x in xs], list(range(50)), cluster=remote, progress=False
+    )
     assert out == list(range(1, 51))
