@@ -402,7 +402,7 @@ def _stop_procs(procs: list[subprocess.Popen[bytes]], grace: float = 3.0) -> Non
     leaders = {proc.pid for proc in procs if _leads_group(proc)}
     for proc in procs:
         try:
-            if proc.pid in leaders and "celery" in proc.args:  # cold shutdown, with its pool
+            if proc.pid in leaders and "celery" in str(proc.args):  # cold shutdown, with its pool
                 os.killpg(proc.pid, signal.SIGQUIT)
             elif proc.poll() is None:
                 proc.terminate()
