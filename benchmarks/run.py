@@ -140,6 +140,8 @@ def run_cold(
             mem.samples.append(data["peak_mb"])
             mem.chunks = None
             mem.note(f"data {data['data_mb']:.0f} MB")
+            if name == "pandarallel":
+                mem.note("its chunks go through /dev/shm files, which RSS does not count")
             if data.get("peak_note"):
                 mem.note(data["peak_note"])
             ready = f"{data['ready']:.2f}" if data.get("ready") is not None else "-"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import html
 import math
-import pickle
 import statistics
 import threading
 import time
@@ -17,7 +16,7 @@ import cloudpickle
 import redis
 from celery import chord
 
-from . import serialization, store
+from . import serialization, shipping, store
 from .app import REDUCE, RUN_CHUNK
 from .chunking import (
     CHUNKS_PER_WORKER,
@@ -88,7 +87,7 @@ def _pickle_job(
             raise TypeError(f"{name} must be callable, got {type(value).__name__}")
     try:
         job = (func, reduce, args, kwargs or {})
-        blob: bytes = cloudpickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+        blob = shipping.dumps(job, roots=(func, reduce, *args, *(kwargs or {}).values()))
         return blob
     except Exception as exc:
         for name, extra in (("args", args), ("kwargs", kwargs)):
@@ -230,7 +229,9 @@ class MapFuture:
         assert self.cluster is not None and self.plan is not None
         cluster, plan, secret = self.cluster, self.plan, self.cluster.settings.secret
         store.check_size(job, "func (with everything it refers to)", "pass big objects as data")
-        cluster.redis.set(self.keys.func, serialization.sign(secret, job), ex=store.TTL)
+        cluster.redis.set(
+            self.keys.func, serialization.sign(secret, shipping.pack_job(job)), ex=store.TTL
+        )
         self._store_chunks(range(len(plan)))
         app, queue = cluster.app, cluster.settings.queue
         chord_mode = self.reduce is not None
@@ -482,6 +483,9 @@ class MapFuture:
         """
         if self.reduce is not None:
             raise TypeError("as_completed() streams chunk results; a reduce= call has only one")
+        return self._stream(ordered, timeout)
+
+    def _stream(self, ordered: bool, timeout: float | None) -> Iterator[tuple[int, Any]]:
         yielded = 0
         try:
             while yielded < self.n_chunks:

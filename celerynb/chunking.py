@@ -248,23 +248,35 @@ class GroupPlan:
 
     @classmethod
     def make(cls, grouped: Any, n_chunks: int) -> GroupPlan:
-        np = _numpy()
-        numbers = grouped.ngroup().to_numpy()
+        np, pd = _numpy(), _pandas()
+        groupings = grouped._grouper.groupings
+        if not grouped.observed and any(
+            isinstance(g.grouping_vector, pd.Categorical) for g in groupings
+        ):
+            n_chunks = 1  # every chunk would repeat the unobserved categories
+        numbers = grouped.ngroup().fillna(-1).to_numpy(dtype=np.int64)
         sizes = np.bincount(numbers[numbers >= 0], minlength=grouped.ngroups)
         order = np.argsort(numbers, kind="stable")[(numbers < 0).sum() :]
-        target = max(1, math.ceil(sizes.sum() / n_chunks))
-        cuts, filled = [0], 0
-        for g, size in enumerate(sizes):
-            if filled and filled + size > target:
-                cuts.append(g)
-                filled = 0
-            filled += size
-        cuts.append(len(sizes))
+        total = int(sizes.sum())
         ends = np.concatenate([[0], np.cumsum(sizes)])
-        keys = list(grouped.groups.keys()) if grouped.ngroups else []
-        if grouped.sort is False:  # ngroup numbers follow first appearance
-            firsts = {k: min(v) for k, v in grouped.indices.items()}
-            keys = sorted(keys, key=lambda k: firsts[k])
+        # Cut before group g when the current chunk is full (to the nearest group) for
+        # an even share of the rows left, when a group larger than that share starts or
+        # ends, or when every group left needs a chunk of its own; never more than
+        # min(n_chunks, groups) chunks.
+        n = min(n_chunks, len(sizes))
+        cuts = [0]
+        for g in range(1, len(sizes)):
+            if len(cuts) == n:
+                break
+            start = ends[cuts[-1]]
+            share = (total - start) / (n - len(cuts) + 1)
+            must = len(sizes) - g == n - len(cuts)
+            big = sizes[g] > share or sizes[g - 1] > share
+            full = ends[g] - start + sizes[g] / 2 > share
+            if must or big or full:
+                cuts.append(g)
+        cuts.append(len(sizes))
+        keys = list(grouped._grouper.result_index) if grouped.ngroups else []
         rows, groups, labels = [], [], []
         for a, b in pairwise(cuts):
             rows.append(np.sort(order[ends[a] : ends[b]]))
@@ -329,8 +341,15 @@ class GroupPlan:
             p.index.equals(obj.index[r]) for p, r in zip(parts, self.rows, strict=True)
         )
         if like_indexed and not self.grouped.group_keys:  # pandas restores the row order
-            out = pd.concat(parts)
-            return out.iloc[np.argsort(np.concatenate(self.rows), kind="stable")]
+            positions = np.concatenate(self.rows)
+            out = pd.concat(parts).iloc[np.argsort(positions, kind="stable")]
+            ax = obj.index
+            if self.grouped.dropna:  # as pandas: the index of the rows in some group
+                mask = np.zeros(len(obj), dtype=bool)
+                mask[positions] = True
+                ax = ax[mask]
+            out.index = ax
+            return out
         if all(isinstance(p.index, pd.RangeIndex) and p.index.start == 0 for p in parts):
             return pd.concat(parts, ignore_index=True)
         return join(parts)

@@ -118,7 +118,13 @@ local tries = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
 redis.call('EXPIRE', KEYS[3], ARGV[3])
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[4], ARGV[3])
-return {tries, redis.call('GET', KEYS[2]), redis.call('GET', KEYS[1])}
+local job
+if ARGV[4] == '1' then  -- the worker holds the job already: only say whether it exists
+  job = redis.call('EXISTS', KEYS[2]) == 1 and '' or false
+else
+  job = redis.call('GET', KEYS[2])
+end
+return {tries, job, redis.call('GET', KEYS[1])}
 """
 
 # Worker, at the end: push the record (and store a chord part) only while the

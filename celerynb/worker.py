@@ -22,7 +22,7 @@ import redis
 from celery import Celery, Task, signals
 from celery.exceptions import SoftTimeLimitExceeded
 
-from . import serialization, store
+from . import serialization, shipping, store
 from ._proc import die_with_parent
 from .app import REDUCE, RUN_CHUNK, Settings, make_app
 from .errors import RemoteFailure
@@ -87,11 +87,11 @@ def _secret() -> str:
 
 
 def _load_job(
-    call: str, blob: bytes
+    call: str, blob: bytes, worker: str = ""
 ) -> tuple[Callable[..., Any], Callable[[list[Any]], Any] | None, tuple[Any, ...], dict[str, Any]]:
     job = _jobs.get(call)
     if job is None:
-        job = serialization.loads(_secret(), blob)
+        job = shipping.load_job(_secret(), blob, worker)
         _jobs[call] = job
         while len(_jobs) > 8:
             _jobs.popitem(last=False)
@@ -178,7 +178,7 @@ def run_chunk(self: Task, call: str, index: int, opts: dict[str, Any]) -> int | 
     worker = self.request.hostname or ""
     claimed = _script("CLAIM")(
         keys=[keys.chunk(index), keys.func, keys.tries, keys.running],
-        args=[index, worker, store.TTL],
+        args=[index, worker, store.TTL, "1" if call in _jobs else "0"],
         client=_redis(),
     )
     if claimed is None:  # cancelled, or done by an earlier delivery
@@ -199,7 +199,7 @@ def run_chunk(self: Task, call: str, index: int, opts: dict[str, Any]) -> int | 
         _finish(keys, keys.chunk(index), (index, ERROR, died, _meta(self, started)), index)
         return None
     try:
-        func, _, args, kwargs = _load_job(call, job_blob)
+        func, _, args, kwargs = _load_job(call, job_blob, worker)
         chunk = serialization.loads(_secret(), chunk_blob)
         del chunk_blob
         inputs = chunk if opts.get("zip") else (chunk,)
@@ -265,7 +265,7 @@ def reduce_chunks(self: Task, indices: list[int | None], call: str) -> None:
         store.delete(_redis(), stored + chord_keys)
         return
     try:
-        _, reducer, _, _ = _load_job(call, job_blob)
+        _, reducer, _, _ = _load_job(call, job_blob, self.request.hostname or "")
         assert reducer is not None
         parts = [serialization.loads(_secret(), b) for b in blobs]
         del blobs

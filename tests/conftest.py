@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
+from support import SYSTEM_REDIS, WorkerProcess, system_redis_available
 
 import celerynb
 from celerynb.serialization import new_secret
 
-SYSTEM_REDIS = os.environ.get("CELERYNB_TEST_REDIS", "redis://127.0.0.1:6379/0")
+# fixture notebooks that tests run in subprocesses; not collected on their own
+collect_ignore_glob = ["notebooks/*.ipynb"]
 
 
 @pytest.fixture(scope="session")
@@ -23,38 +21,6 @@ def cluster() -> Iterator[celerynb.LocalCluster]:
     """One embedded cluster (2 pool processes) for the whole session."""
     with celerynb.LocalCluster(n_workers=2) as c:
         yield c
-
-
-def system_redis_available() -> bool:
-    try:
-        return bool(redis.Redis.from_url(SYSTEM_REDIS, socket_connect_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
-class WorkerProcess:
-    """A ``celerynb worker`` subprocess against an existing broker."""
-
-    def __init__(self, broker: str, secret: str, tmp: Path, *extra: str, backend: str = "") -> None:
-        self.log = tmp / f"worker-{time.monotonic_ns()}.log"
-        env = dict(os.environ, CELERYNB_SECRET=secret, PYTHONPATH=os.getcwd())
-        env.pop("CELERYNB_BROKER_URL", None)
-        args = [sys.executable, "-m", "celerynb.cli", "worker", "--broker", broker]
-        if backend:
-            args += ["--backend", backend]
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [*args, "--concurrency", "2", *extra],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 9)
-        self.proc.wait(10)
 
 
 @pytest.fixture
