@@ -178,7 +178,7 @@ def run_warm(
             log(f"  warm-up {w.key} {c.name}: {seconds:.3f} s{'  ' + problem if problem else ''}")
     for r in range(max(repeats, heavy_repeats)):
         for w in workloads:
-            if r >= (heavy_repeats if w.key in ("W1", "W3") else repeats):
+            if r >= (heavy_repeats if w.key in ("W1", "W2c", "W3") else repeats):
                 continue
             for c in rotated(candidates, r):
                 metric = results[w.key][c.name]
@@ -469,9 +469,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=HERE / "RESULTS.md", help="report path (default: %(default)s)"
     )
-    parser.add_argument("--repeats", type=int, help="timed repeats of W2/W4 (default 5; quick 1)")
     parser.add_argument(
-        "--heavy-repeats", type=int, help="timed repeats of W1/W3 (default 3; quick 1)"
+        "--repeats", type=int, help="timed repeats of W2 default chunks and W4 (default 5; quick 1)"
+    )
+    parser.add_argument(
+        "--heavy-repeats",
+        type=int,
+        help="timed repeats of W1, W2 chunks=1000 and W3 (default 3; quick 1)",
     )
     parser.add_argument(
         "--cold-repeats", type=int, help="fresh-process start-up runs (default 3; quick 1)"
@@ -568,8 +572,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "mode": "quick (small sizes, smoke check)" if quick else "full",
         "workers per candidate": str(args.workers),
-        "repeats": f"W2/W4 {repeats}, W1/W3 {heavy}, start-up/memory {cold_repeats} "
-        "(each after one untimed warm-up call)",
+        "repeats": f"W2 default chunks and W4 {repeats}, W1, W2 forced chunks and W3 {heavy}, "
+        f"start-up/memory {cold_repeats} (each after one untimed warm-up call)",
         "load average (1 min) before / after": f"{load_before[0]:.2f} / {load_after[0]:.2f}",
         "wall time of the run": f"{elapsed:.0f} s",
     }

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,8 +69,14 @@ CASES: list[tuple[str, Callable[[Any], Any], type[BaseException], str]] = [
     ("str", lambda c: celerynb.cmap(len, "text", cluster=c), TypeError, r"splitlines"),
     ("bytes", lambda c: celerynb.cmap(len, b"xy", cluster=c), TypeError, r"strings are not split"),
     ("0-d array", lambda c: celerynb.cmap(len, np.array(3), cluster=c), TypeError, r"0-d array"),
-    ("groupby", lambda c: celerynb.cmap(len, DF.groupby("a"), cluster=c), TypeError,
-     r"DataFrameGroupBy.*group inside func"),
+    ("groupby with another input", lambda c: celerynb.cmap(len, DF.groupby("a"), [1], cluster=c),
+     TypeError, r"groupby cannot be combined with other inputs"),
+    ("unequal input lengths", lambda c: celerynb.cmap(len, [1, 2], [1], cluster=c), ValueError,
+     r"different lengths \[2, 1\].*equal length"),
+    ("one path", lambda c: celerynb.cmap(len, Path("."), cluster=c), TypeError,
+     r"one path.*glob"),
+    ("args not a tuple", lambda c: celerynb.cmap(len, [1], args=3, cluster=c), TypeError,
+     r"args= must be a tuple"),
     ("func not callable", lambda c: celerynb.cmap(3, [1], cluster=c), TypeError,
      r"func must be callable"),
     ("reduce not callable", lambda c: celerynb.cmap(len, [1], reduce=1, cluster=c), TypeError,
