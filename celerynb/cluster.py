@@ -26,7 +26,7 @@ import redis
 from celery import Celery
 
 from . import store
-from ._proc import alive, free_port, spawn, tail
+from ._proc import alive, free_port, spawn, tail, usable_cores
 from .app import ENV_BROKER, Settings, make_app, mask_url
 from .errors import ClusterError
 from .serialization import new_secret
@@ -188,7 +188,8 @@ def find_redis_server() -> str:
 class LocalCluster(Cluster):
     """An embedded cluster: a private redis-server and one prefork Celery worker.
 
-    ``n_workers`` pool processes (default: one per core); ``timeout`` seconds
+    ``n_workers`` pool processes (default: one per usable core, respecting CPU
+    affinity and cgroup quotas as in containers); ``timeout`` seconds
     (default 60) for start-up. Started on creation, stopped by ``close()``, on
     context exit, at interpreter exit, and (on Linux) when this process dies.
     """
@@ -200,7 +201,7 @@ class LocalCluster(Cluster):
             isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1
         ):
             raise ValueError(f"n_workers must be a positive int, got {n_workers!r}")
-        self.concurrency = n_workers or os.cpu_count() or 1
+        self.concurrency = n_workers or usable_cores()
         self.timeout = timeout
         self.dir = Path(tempfile.mkdtemp(prefix="celerynb-"))
         self.redis_proc: subprocess.Popen[bytes] | None = None

@@ -79,7 +79,7 @@ class Progress:
 
     def __init__(self, future: Any, label: str = "cmap") -> None:
         self.label = label
-        self.n_chunks = int(future.n_chunks)
+        self._future = future
         self.n_items = int(future.n_items)
         self.started = float(getattr(future, "started", time.monotonic()))
         self.capacity = _capacity(future)
@@ -89,6 +89,11 @@ class Progress:
         self.state = "running"
         self.message = ""
         self.ended: float | None = None
+
+    @property
+    def n_chunks(self) -> int:
+        """Chunks of the call so far (adaptive chunking adds some after its probes)."""
+        return int(self._future.n_chunks)
 
     def set(self, chunks_done: int, items_done: int, busy: int) -> None:
         self.chunks_done, self.items_done, self.busy = chunks_done, items_done, busy
@@ -158,15 +163,20 @@ def _capacity(future: Any) -> int:
 class TextDisplay:
     """A tqdm bar on stderr counting chunks, with items and busy workers as postfix."""
 
-    def __init__(self, total_chunks: int, total_items: int, label: str = "cmap") -> None:
+    def __init__(
+        self, total_chunks: int, total_items: int, label: str = "cmap", future: Any = None
+    ) -> None:
         from tqdm import tqdm
 
+        self.future = future  # read for the live chunk count, if given
         self.total_items = total_items
         self.bar = tqdm(
             total=total_chunks, desc=label, unit="chunk", file=sys.stderr, dynamic_ncols=True
         )
 
     def update(self, chunks_done: int, items_done: int, busy: int) -> None:
+        if self.future is not None:
+            self.bar.total = self.future.n_chunks
         self.bar.n = chunks_done
         self.bar.set_postfix_str(
             f"{items_done}/{self.total_items} items, {busy} busy", refresh=False
@@ -299,6 +309,7 @@ class WidgetDisplay(_Throttled):
         p = self.progress
         self.box.summary = p.summary()
         with self.bar.hold_sync():
+            self.bar.max = max(p.n_chunks, 1)
             self.bar.value = p.n_chunks if p.state == "finished" else p.chunks_done
             if p.state != "running":
                 self.bar.bar_style = _BAR_STYLE.get(p.state, "danger")
@@ -424,7 +435,7 @@ def make_display(choice: Any, future: Any) -> Display:
     if not isinstance(choice, bool | str) or choice not in (True, "auto", "widget", "text"):
         raise ValueError(f"progress must be one of {_CHOICES}; got {choice!r}")
     if choice == "text":
-        return TextDisplay(future.n_chunks, future.n_items, _label(future, None))
+        return TextDisplay(future.n_chunks, future.n_items, _label(future, None), future)
     if choice == "widget":
         if not has_ipywidgets():
             raise ImportError(
@@ -434,4 +445,4 @@ def make_display(choice: Any, future: Any) -> Display:
         return WidgetDisplay(future)
     if in_kernel():
         return WidgetDisplay(future) if has_ipywidgets() else NotebookTextDisplay(future)
-    return TextDisplay(future.n_chunks, future.n_items, _label(future, None))
+    return TextDisplay(future.n_chunks, future.n_items, _label(future, None), future)

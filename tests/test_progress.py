@@ -333,7 +333,7 @@ def test_script_without_ipywidgets(tmp_path: Path) -> None:
     assert lines[0] == "blocked"
     assert lines[1] == str(list(range(1, 11)))
     assert "progress='widget' needs ipywidgets: pip install" in lines[2]
-    assert "cmap: 100%" in out.stderr  # the tqdm bar
+    assert "cmap(<lambda>): 100%" in out.stderr  # the tqdm bar
 
 
 def _execute(notebook: Path, tmp_path: Path, block_widgets: bool) -> dict[str, Any]:
@@ -370,7 +370,7 @@ def test_nbconvert_execute_is_clean(tmp_path: Path, block_widgets: bool) -> None
     texts = [_plain(o) for o in outputs]
     assert not [o for o in outputs if o["output_type"] == "error"]
     assert not any(raw in t for t in texts for raw in (*RAW_REPRS, "Traceback")), texts
-    summaries = [t for t in texts if t.startswith("cmap finished: 8/8 chunks, 40 items in")]
+    summaries = [t for t in texts if t.startswith("cmap(double) finished: 8/8 chunks, 40 items in")]
     assert len(summaries) == 2, texts  # two calls in one cell: two displays
     assert "[0, 2, 4, 6, 8]" in texts[-1]
     has_widgets = any(WIDGET_MIME in o.get("data", {}) for o in outputs)

@@ -12,6 +12,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
@@ -19,15 +25,15 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     "args",
     [
-        ("ruff", "check", "celerynb", "tests"),
-        ("ruff", "format", "--check", "celerynb", "tests"),
+        ("ruff", "check", "celerynb", "tests", "benchmarks", "notebooks"),
+        ("ruff", "format", "--check", "celerynb", "tests", "benchmarks", "notebooks"),
     ],
     ids=["ruff-check", "ruff-format"],
 )
 def test_ruff(args: tuple[str, ...]) -> None:
-    if shutil.which("ruff") is None:
+    if shutil.which("ruff") is None and not _has_module("ruff"):
         pytest.skip("ruff is not installed: pip install -e '.[test]'")
-    done = _run(*args)
+    done = _run(sys.executable, "-m", *args)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
