@@ -19,6 +19,7 @@ ENV_BROKER = "CELERYNB_BROKER_URL"
 ENV_BACKEND = "CELERYNB_RESULT_BACKEND"
 ENV_SECRET = "CELERYNB_SECRET"
 ENV_QUEUE = "CELERYNB_QUEUE"
+ENV_EMBEDDED = "CELERYNB_EMBEDDED"  # set for the worker of a LocalCluster
 
 
 def mask_url(url: str) -> str:
@@ -136,7 +137,12 @@ def make_app(settings: Settings, main: str = "celerynb", driver: bool = False) -
         result_expires=3600,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=4,
-        broker_transport_options={"visibility_timeout": 3600},
+        # Kombu's emulated acks cost the worker a Redis client per message; an
+        # embedded cluster re-publishes the chunks of a dead worker itself
+        broker_transport_options={
+            "visibility_timeout": 3600,
+            "ack_emulation": os.environ.get(ENV_EMBEDDED) != "1",
+        },
         worker_hijack_root_logger=False,
     )
     return app

@@ -27,7 +27,7 @@ from celery import Celery
 
 from . import store
 from ._proc import alive, free_port, spawn, tail, usable_cores
-from .app import ENV_BROKER, Settings, make_app, mask_url
+from .app import ENV_BROKER, ENV_EMBEDDED, Settings, make_app, mask_url
 from .errors import ClusterError
 from .serialization import new_secret
 
@@ -271,6 +271,7 @@ class LocalCluster(Cluster):
         env = dict(os.environ)
         env.update(self.settings.env())
         env["CELERYNB_DIE_WITH_PARENT"] = "1"
+        env[ENV_EMBEDDED] = "1"
         env["C_FORCE_ROOT"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         self.hostname = (
