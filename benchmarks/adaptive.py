@@ -41,8 +41,8 @@ def cheap(df: pd.DataFrame) -> pd.DataFrame:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=60_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=400_000)
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     frame = pd.DataFrame({"w": np.ones(args.rows)})
     frame.loc[frame.index[-args.rows // 10 :], "w"] = 20.0
