@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import SYSTEM_REDIS, WorkerProcess, system_redis_available
+from support import SYSTEM_REDIS, WorkerProcess, forget_queue, system_redis_available
 
 import celerynb
+from celerynb.app import Settings
 from celerynb.serialization import new_secret
 
 # fixture notebooks that tests run in subprocesses; not collected on their own
@@ -41,3 +42,4 @@ def remote(tmp_path: Path) -> Iterator[celerynb.Cluster]:
         client.close()
     finally:
         worker.stop()
+        forget_queue(SYSTEM_REDIS, Settings(SYSTEM_REDIS, secret=secret).queue)

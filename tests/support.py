@@ -43,3 +43,19 @@ class WorkerProcess:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, 9)
         self.proc.wait(10)
+
+
+def forget_queue(url: str, queue: str) -> None:
+    """Delete a finished test's queue and kombu's bindings for it from a shared Redis."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.delete(
+            queue,
+            f"_kombu.binding.{queue}",
+            f"_kombu.binding_permanent.{queue}",
+            f"_kombu.binding.{queue}.pidbox",
+        )
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
