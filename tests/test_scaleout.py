@@ -517,12 +517,9 @@ def test_local_module_registered_by_value_runs_remotely(
     assert out == [3 * x for x in range(20)]
 
 
-# The shipping and version-check patch of issue 7 (celerynb/shipping.py, used by api and worker)
-SHIPPING = importlib.util.find_spec("celerynb.shipping") is not None
-AUTO_SHIP = SHIPPING and hasattr(importlib.import_module("celerynb.api"), "shipping")
+# Shipping of local modules and the version check (celerynb/shipping.py)
 
 
-@pytest.mark.xfail(not AUTO_SHIP, reason="needs the shipping patch of issue 7")
 def test_local_module_is_shipped_automatically(
     deploy: dict[str, list[Deployment]], client_only_module: Any
 ) -> None:
@@ -535,7 +532,6 @@ def test_local_module_is_shipped_automatically(
     assert helper.__name__ not in cloudpickle.list_registry_pickle_by_value(), "undone after"
 
 
-@pytest.mark.skipif(not SHIPPING, reason="needs the shipping patch of issue 7")
 def test_local_modules_are_found_through_wrappers(client_only_module: Any) -> None:
     """Closures, partials, methods and celerynb's own wrappers lead to the local module."""
     shipping = importlib.import_module("celerynb.shipping")
@@ -595,7 +591,6 @@ def test_installed_package_missing_on_worker(
         sys.modules.pop(name, None)
 
 
-@pytest.mark.xfail(not AUTO_SHIP, reason="needs the version-check patch of issue 7")
 def test_version_mismatch_fails_clearly_on_first_call(
     deploy: dict[str, list[Deployment]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
