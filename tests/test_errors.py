@@ -144,7 +144,7 @@ def test_chunk_error_names_range_labels_and_keeps_type(cluster: celerynb.LocalCl
 
 
 def test_remote_traceback_shows_source_file_and_line(cluster: celerynb.LocalCluster) -> None:
-    # Regression (fixed): cloudpickle >= 3.1 replaces co_filename with "<dynamic-code>" when it pickles a
+    # Was: cloudpickle >= 3.1 replaces co_filename with "<dynamic-code>" when it pickles a
     # function by value (celerynb/api.py _pickle_job), so the worker's traceback reads
     # `File "<dynamic-code>", line 115, in score` with no source text: the user cannot see
     # which line failed. The fix: the driver (which has the source, also for notebook
@@ -202,7 +202,7 @@ class RowError(Exception):
 
 
 def test_chunk_error_keeps_the_original_attributes(cluster: celerynb.LocalCluster) -> None:
-    # Regression (fixed): ChunkError.build (celerynb/errors.py) makes an instance of a subclass of the
+    # Was: ChunkError.build (celerynb/errors.py) makes an instance of a subclass of the
     # original type but copies none of its state, so a handler written for the original
     # type breaks: `except RowError as e: e.row` raises AttributeError, and
     # `except FileNotFoundError as e: e.filename` is None. The fix: in build(), after
@@ -232,7 +232,7 @@ class UnprintableError(Exception):
 
 
 def test_exception_whose_str_fails_does_not_hang_the_call(cluster: celerynb.LocalCluster) -> None:
-    # Regression (fixed): failure_of (celerynb/worker.py, `message = str(exc)`) raises inside run_chunk's
+    # Was: failure_of (celerynb/worker.py, `message = str(exc)`) raises inside run_chunk's
     # `except` block, so no record reaches the driver and cmap waits forever (here: until
     # timeout=). The fix: `try: message = str(exc) except Exception: message =
     # f"<unprintable {type(exc).__name__}>"`, and in run_chunk fall back to a minimal
@@ -249,7 +249,7 @@ def test_exception_whose_str_fails_does_not_hang_the_call(cluster: celerynb.Loca
 
 
 def test_sys_exit_in_func_is_a_chunk_error(cluster: celerynb.LocalCluster) -> None:
-    # Regression (fixed): run_chunk (celerynb/worker.py) catches only Exception, so sys.exit() in func
+    # Was: run_chunk (celerynb/worker.py) catches only Exception, so sys.exit() in func
     # ends the pool process; the chunk is redelivered `attempts` times and finally reported
     # as "WorkerLostError: the worker process running this chunk died 3 times (killed by a
     # signal, out of memory, ...)", which hides the real cause. The fix: around the
@@ -348,7 +348,7 @@ def _gen() -> Any:
         pytest.param({"a": 1, "b": 2}, id="dict"),
         pytest.param({1, 2, 3}, id="set"),
         pytest.param(42, id="int"),
-        # Regression (fixed) (celerynb/chunking.py, kind_of): the messages for str and 0-d arrays give
+        # Was (celerynb/chunking.py, kind_of): the messages for str and 0-d arrays give
         # a specific hint but do not name the supported types as the others do.
         pytest.param("abc", id="str"),
         pytest.param(np.array(3.0), id="0d-array"),

@@ -129,19 +129,19 @@ CASES: dict[str, tuple[Callable[[], pd.DataFrame], dict[str, Any]]] = {
     "one-key": (frame, {"by": "k"}),
     "two-keys": (frame, {"by": ["k", "k2"]}),
     "group_keys=False": (frame, {"by": "k", "group_keys": False}),
-    # Regression (fixed): a transform with group_keys=False on a RangeIndex frame comes back with an
+    # Was: a transform with group_keys=False on a RangeIndex frame comes back with an
     # Index([0, 1, ...], dtype=int64) where pandas keeps the RangeIndex (GroupPlan.join).
     "group_keys=False-RangeIndex": (range_indexed, {"by": "k", "group_keys": False}),
     "as_index=False": (frame, {"by": "k", "as_index": False}),
     "two-keys-as_index=False": (frame, {"by": ["k", "k2"], "as_index": False}),
     "sort=False": (frame, {"by": "k", "sort": False}),
     "dropna=False": (with_nan_keys, {"by": "k", "dropna": False}),
-    # Regression (fixed): NaN keys with dropna=True (the default): GroupPlan.make fails with
+    # Was: NaN keys with dropna=True (the default): GroupPlan.make fails with
     # "TypeError: Cannot cast array data from dtype('float64') to dtype('int64')"
     # (ngroup() is float64 with NaN for the dropped rows).
     "dropna=True": (with_nan_keys, {"by": "k"}),
     "sort=False-dropna=False": (with_nan_keys, {"by": "k", "sort": False, "dropna": False}),
-    # Regression (fixed): sort=False with a float NaN key: GroupPlan.make fails with "KeyError: nan"
+    # Was: sort=False with a float NaN key: GroupPlan.make fails with "KeyError: nan"
     # (firsts[k] looks up a NaN key in grouped.indices, whose NaN is another object).
     "float-sort=False-dropna=False": (
         float_nan_keys,
@@ -166,7 +166,7 @@ def test_frame_groupby_parity(cluster: celerynb.LocalCluster, case: str, func: C
 
 def test_categorical_observed_false(cluster: celerynb.LocalCluster) -> None:
     """Unobserved categories are groups too (empty ones) when observed=False."""
-    # Regression (fixed): every chunk's own groupby(observed=False) emits every category, so the
+    # Was: every chunk's own groupby(observed=False) emits every category, so the
     # joined result repeats each key once per chunk (24 rows instead of 6).
     df = categorical()
     expected = df.groupby("k", observed=False).apply(total)
@@ -272,7 +272,7 @@ def test_many_tiny_groups_are_batched(cluster: celerynb.LocalCluster) -> None:
 
 @pytest.mark.parametrize("chunks", [1, 3, 7])
 def test_chunks_override(cluster: celerynb.LocalCluster, chunks: int) -> None:
-    # Regression (fixed): chunks=3 over 14 equal groups gives 4 chunks: GroupPlan.make cuts when a
+    # Was: chunks=3 over 14 equal groups gives 4 chunks: GroupPlan.make cuts when a
     # chunk would pass ceil(rows / n_chunks), so chunks fill below the target.
     df = pd.DataFrame({"k": np.arange(70) % 14, "v": np.arange(70.0)})  # 14 groups of 5
     grouped = df.groupby("k")

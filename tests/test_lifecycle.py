@@ -174,7 +174,7 @@ def test_restart_replaces_every_process() -> None:
 
 
 def test_closing_the_cluster_ends_a_running_call() -> None:
-    # Regression (fixed): Cluster.close() (celerynb/cluster.py) closes the Redis client and stops the
+    # Was: Cluster.close() (celerynb/cluster.py) closes the Redis client and stops the
     # servers under a running MapFuture's poll thread. The call then fails with a bare
     # `ValueError: I/O operation on closed file` (poll blocked in BLPOP) or keeps polling
     # a dead store for broker_timeout = 30 s before a ClusterError. The fix: the

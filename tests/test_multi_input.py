@@ -228,7 +228,7 @@ def test_args_are_shipped_once_per_call(cluster: celerynb.LocalCluster, tmp_path
         gate.touch()
     assert future.result(timeout=BOUND) == [size] * n_chunks
     sent = r.info("stats")["total_net_output_bytes"] - sent_before
-    # Regression (fixed): every chunk's claim (store.CLAIM, `redis.call('GET', KEYS[2])`) returns the
+    # Was: every chunk's claim (store.CLAIM, `redis.call('GET', KEYS[2])`) returns the
     # whole job, although the worker already holds it in worker._jobs: args= travel
     # from Redis to the workers once per chunk (here 40 x 8 MiB).
     assert sent < 5 * size, f"Redis sent {sent / 2**20:.0f} MiB for a call with 8 MiB args="

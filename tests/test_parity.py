@@ -202,7 +202,7 @@ def test_dataframe_parity_index_kinds(
     assert out.index.dtype == df.index.dtype
 
 
-# Regression (fixed) (celerynb/chunking.py, join(): `return _pandas().concat(parts)`): pandas 3 infers a
+# Was (celerynb/chunking.py, join(): `return _pandas().concat(parts)`): pandas 3 infers a
 # new dtype when it appends object-dtype indexes (pandas-dev/pandas#60159, open, milestone
 # 4.0), so an object index of strings comes back as dtype "str" and one of ints as int64,
 # even with chunks=1, while the serial f(df) keeps dtype object. Fix: after the concat,
@@ -381,7 +381,7 @@ def test_ndarray_trailing_shape_changes(cluster: celerynb.LocalCluster, chunks: 
     assert_same(out, f(a))
 
 
-# Regression (fixed) (celerynb/chunking.py, join(), `return _numpy().concatenate(parts, axis=0)`):
+# Was (celerynb/chunking.py, join(), `return _numpy().concatenate(parts, axis=0)`):
 # np.concatenate drops the masks of MaskedArray results, so masked entries come back
 # unmasked. Fix: use np.ma.concatenate when any part is an np.ma.MaskedArray.
 @pytest.mark.parametrize("chunks", [1, 3])
@@ -523,7 +523,7 @@ def test_empty_input(
     assert len(out) == 0
 
 
-# Regression (fixed) (celerynb/api.py, _empty_result()): on empty data it returns func(data) bare, so a
+# Was (celerynb/api.py, _empty_result()): on empty data it returns func(data) bare, so a
 # function that returns a scalar / dict per chunk gives that bare value (cmap(len, []) == 0)
 # instead of a list, as the join rule says for every other input. Fix: treat empty data as
 # one (empty) chunk and join it like any other call:
@@ -584,7 +584,7 @@ def test_reduce_sees_chunk_results_in_order(cluster: celerynb.LocalCluster) -> N
     assert out == [i * N // 7 for i in range(7)]
 
 
-# Regression (fixed) (celerynb/api.py, _empty_result(): `return reduce([])`): with empty data the reducer
+# Was (celerynb/api.py, _empty_result(): `return reduce([])`): with empty data the reducer
 # is called on zero chunk results, so reduce=pd.concat raises "No objects to concatenate"
 # instead of returning the serial value reduce([func(data)]). Fix: see the bug above
 # (`return reduce([value]) if reduce is not None else join([value])`).

@@ -375,7 +375,7 @@ def test_reprs_and_errors_hide_secret_and_password(cluster: celerynb.LocalCluste
 
 
 def test_settings_repr_hides_secret_and_password(cluster: celerynb.LocalCluster) -> None:
-    # Regression (fixed): Settings (celerynb/app.py) is a dataclass whose repr shows broker_url and
+    # Was: Settings (celerynb/app.py) is a dataclass whose repr shows broker_url and
     # backend_url unmasked, so repr(cluster.settings) shows the Redis password.
     text = repr(cluster.settings)
     assert cluster.settings.secret not in text
