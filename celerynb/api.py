@@ -21,9 +21,11 @@ from .app import REDUCE, RUN_CHUNK
 from .chunking import (
     CHUNKS_PER_WORKER,
     MAX_CHUNK_BYTES,
+    GroupApply,
     GroupPlan,
     Plan,
     check_inputs,
+    is_groupby,
     join,
     kind_of,
     n_chunks_for,
@@ -103,7 +105,8 @@ def _pickle_job(
             culprit: Callable[..., Any] = reduce  # type: ignore[assignment]
         except Exception:
             culprit = func
-        message = _describe_unpicklable(culprit, exc)
+        # name what func itself refers to, not the groupby wrapper around it
+        message = _describe_unpicklable(getattr(culprit, "func", culprit), exc)
         if culprit is reduce:
             message = message.replace("func cannot", "reduce cannot", 1)
         raise TypeError(message) from exc
@@ -593,7 +596,10 @@ def cmap_async(
     if not isinstance(args, tuple | list) or not isinstance(kwargs or {}, dict):
         raise TypeError("args= must be a tuple and kwargs= a dict of extra arguments for func")
     kwargs = dict(kwargs or {})
-    job = _pickle_job(func, reduce, tuple(args), kwargs)
+    # a groupby's workers run func per group: ship that wrapper, pickled once
+    job = _pickle_job(
+        GroupApply.of(data, func) if is_groupby(data) else func, reduce, tuple(args), kwargs
+    )
     inputs = (data, *more)
     n_items = check_inputs(inputs)
     for name, value in (("timeout", timeout), ("chunk_timeout", chunk_timeout)):
@@ -633,7 +639,6 @@ def cmap_async(
     plan: Plan | GroupPlan
     if grouped:
         plan = GroupPlan.make(data, n_chunks_for(n_items, workers, size, chunks, chunk_size))
-        job = _pickle_job(plan.wrap(func), reduce, tuple(args), kwargs)
     elif adaptive:  # one probe chunk per worker first: see MapFuture._plan_rest
         probe = min(
             n_items // (PROBES_PER_WORKER * workers),

@@ -51,6 +51,14 @@ def _numpy() -> Any:
     return sys.modules.get("numpy")
 
 
+def is_groupby(data: Any) -> bool:
+    """Whether ``data`` is a pandas DataFrameGroupBy or SeriesGroupBy."""
+    pd = _pandas()
+    return pd is not None and isinstance(
+        data, pd.api.typing.DataFrameGroupBy | pd.api.typing.SeriesGroupBy
+    )
+
+
 def kind_of(data: Any) -> str:
     """'pandas', 'numpy' or 'sequence'; TypeError naming the fix otherwise."""
     pd, np = _pandas(), _numpy()
@@ -63,9 +71,7 @@ def kind_of(data: Any) -> str:
                 f"Supported data: {SUPPORTED}"
             )
         return "numpy"
-    if pd is not None and isinstance(
-        data, pd.api.typing.DataFrameGroupBy | pd.api.typing.SeriesGroupBy
-    ):
+    if is_groupby(data):
         return "groupby"
     if isinstance(data, str | bytes | bytearray | memoryview):
         raise TypeError(
@@ -210,10 +216,6 @@ class Plan:
         """Join the chunks' results (see the module docstring)."""
         return join(parts)
 
-    def wrap(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        """What the workers call on a chunk."""
-        return func
-
 
 @dataclass(frozen=True)
 class GroupApply:
@@ -223,6 +225,21 @@ class GroupApply:
     by: Any
     level: Any
     options: dict[str, Any]
+
+    @classmethod
+    def of(cls, grouped: Any, func: Callable[..., Any]) -> GroupApply:
+        """What the workers call on a chunk of ``grouped``: ``func`` per group, same options."""
+        by = None if grouped.level is not None else grouped.keys
+        options = {
+            "sort": grouped.sort,
+            "group_keys": grouped.group_keys,
+            "dropna": grouped.dropna,
+            "observed": grouped.observed,
+            "as_index": grouped.as_index,
+        }
+        if grouped.obj.ndim == 1:
+            options.pop("as_index")
+        return cls(func, by, grouped.level, options)
 
     def __call__(self, chunk: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(chunk, tuple):  # a Series with its key values alongside
@@ -314,20 +331,6 @@ class GroupPlan:
     def info(self, index: int) -> ChunkInfo:
         (start, stop), (first, last) = self.groups[index], self.labels[index]
         return ChunkInfo(index, len(self), start, stop, first, last, True, "groups")
-
-    def wrap(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        g = self.grouped
-        by = None if g.level is not None else g.keys
-        options = {
-            "sort": g.sort,
-            "group_keys": g.group_keys,
-            "dropna": g.dropna,
-            "observed": g.observed,
-            "as_index": g.as_index,
-        }
-        if g.obj.ndim == 1:
-            options.pop("as_index")
-        return GroupApply(func, by, g.level, options)
 
     def join(self, parts: list[Any]) -> Any:
         """Concatenate in group order, as the full ``apply`` would have laid it out."""
