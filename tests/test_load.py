@@ -89,6 +89,12 @@ def test_nothing_left_behind_after_200_calls(cluster: celerynb.LocalCluster) -> 
     cluster.sweep(force=True)
     assert _ours(cluster) == []
     assert _open_fds() <= fds + 5
+    # a cancelled chunk's pool process is terminated and replaced: wait for the pool
+    deadline = time.monotonic() + 10
+    while len(psutil.Process().children(recursive=True)) != children:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert len(psutil.Process().children(recursive=True)) == children
     deadline = time.monotonic() + 5
     while len(psutil.Process().threads()) > threads + 2 and time.monotonic() < deadline:
