@@ -1,10 +1,11 @@
-"""Small process helpers: die with the parent, free ports, log tails."""
+"""Small process helpers: die with the parent, free ports, log tails, ready reports."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import ctypes
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -94,3 +95,37 @@ def usable_cores() -> int:
     except (OSError, ValueError):
         pass
     return max(1, cores)
+
+
+class ReadyWaiter:
+    """Reads a worker's ready reports from a pipe (the lines ready.py writes).
+
+    Ready once the main process reported and ``children`` pool processes did
+    (or every writer closed the pipe: a pool process replaced early never
+    reports). ``closed``: the pipe closed; without a main report, none will come.
+    """
+
+    def __init__(self, fd: int, children: int) -> None:
+        self.fd, self.children = fd, children
+        self.main_ready, self.closed = False, False
+        self.pids: set[int] = set()
+        self._buffer = b""
+
+    @property
+    def ready(self) -> bool:
+        return self.main_ready and (self.closed or len(self.pids) >= self.children)
+
+    def wait(self, timeout: float) -> bool:
+        """Read the next reports (waiting up to ``timeout`` s for them); whether ready."""
+        if not self.ready and not self.closed and select.select([self.fd], [], [], timeout)[0]:
+            data = os.read(self.fd, 4096)
+            self.closed = not data
+            self._buffer += data
+            *lines, self._buffer = self._buffer.split(b"\n")
+            for line in lines:
+                kind, _, value = line.decode(errors="replace").partition(" ")
+                if kind == "ready":
+                    self.main_ready = True
+                elif kind == "child" and value.isdigit():
+                    self.pids.add(int(value))
+        return self.ready

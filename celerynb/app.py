@@ -13,6 +13,7 @@ from celery.backends.redis import RedisBackend
 from . import serialization
 
 RUN_CHUNK = "celerynb.run_chunk"
+RUN_CHUNKS = "celerynb.run_chunks"
 REDUCE = "celerynb.reduce"
 
 ENV_BROKER = "CELERYNB_BROKER_URL"
@@ -20,6 +21,8 @@ ENV_BACKEND = "CELERYNB_RESULT_BACKEND"
 ENV_SECRET = "CELERYNB_SECRET"
 ENV_QUEUE = "CELERYNB_QUEUE"
 ENV_EMBEDDED = "CELERYNB_EMBEDDED"  # set for the worker of a LocalCluster
+ENV_READY_FD = "CELERYNB_READY_FD"  # where a LocalCluster's worker reports ready (see ready.py)
+ENV_SHM_DIR = "CELERYNB_SHM_DIR"  # the embedded cluster's shared-memory directory
 
 
 def mask_url(url: str) -> str:

@@ -123,12 +123,14 @@ def _worker(args: argparse.Namespace, extra: list[str]) -> int:
     from celery import signals
 
     from . import worker
+    from .ready import freeze_before_fork
 
     if worker.settings is None:  # pragma: no cover - the environment was just set
         print(f"celerynb worker: error: {worker._config_error}", file=sys.stderr)
         return EXIT_CONFIG
     handler = _announce_ready(settings)
     signals.worker_ready.connect(handler, weak=False)
+    signals.worker_before_create_process.connect(freeze_before_fork, weak=False)
     hostname = args.hostname or f"celerynb-{os.getpid()}@{socket.gethostname()}"
     argv = ["--pool", "prefork", "--queues", settings.queue, "--hostname", hostname,
             "--without-mingle", "--without-gossip", "--loglevel", args.loglevel]  # fmt: skip

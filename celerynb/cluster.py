@@ -26,10 +26,19 @@ import redis
 from celery import Celery
 
 from . import store
-from ._proc import alive, free_port, spawn, tail, usable_cores
-from .app import ENV_BROKER, ENV_EMBEDDED, Settings, make_app, mask_url
+from ._proc import ReadyWaiter, alive, free_port, spawn, tail, usable_cores
+from .app import (
+    ENV_BROKER,
+    ENV_EMBEDDED,
+    ENV_READY_FD,
+    ENV_SHM_DIR,
+    Settings,
+    make_app,
+    mask_url,
+)
 from .errors import ClusterError
 from .serialization import new_secret
+from .shm import ShmStore
 
 _current: Cluster | None = None
 _current_lock = threading.RLock()
@@ -44,6 +53,7 @@ class Cluster:
     kind = "remote"
     broker_timeout = 30.0  # seconds a call tolerates an unreachable store before failing
     generation = 0  # bumped each time the cluster replaces a dead worker
+    shm: ShmStore | None = None  # where map calls' data goes, if not through Redis
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -211,13 +221,16 @@ class LocalCluster(Cluster):
         self.started = time.perf_counter()
         self._finalizer = weakref.finalize(self, _stop, self.dir, [])
         try:
-            password = new_secret()
-            port = self._start_redis(password)
-            super().__init__(
-                Settings(f"redis://:{password}@127.0.0.1:{port}/0", secret=new_secret())
-            )
-            self._start_worker()
-            self._wait_ready()
+            secret = new_secret()
+            # map calls pass their data through files on a tmpfs where there is one
+            self.shm = ShmStore.create(secret) if ShmStore.available() else None
+            ready_fd = self._start(new_secret(), secret)
+            try:
+                super().__init__(self.settings)
+            except BaseException:
+                os.close(ready_fd)
+                raise
+            self._wait_ready(ready_fd)
         except BaseException:
             self.close()
             raise
@@ -225,100 +238,159 @@ class LocalCluster(Cluster):
         _set_current(self)
 
     # -- start-up ----------------------------------------------------------
-    def _start_redis(self, password: str) -> int:
+    def _start(self, password: str, secret: str) -> int:
+        """Start redis-server and the worker side by side; the worker's ready pipe (read end).
+
+        The worker waits for Redis itself (see ready.py) after its imports, so
+        the two start in parallel; a port taken meanwhile means a new try.
+        """
         server = find_redis_server()
         log = self.dir / "redis.log"
         for _ in range(5):
             port = free_port()
-            conf = self.dir / "redis.conf"
-            conf.write_text(
-                f'port {port}\nbind 127.0.0.1\nprotected-mode yes\nrequirepass "{password}"\n'
-                f'save ""\nappendonly no\ndir "{self.dir}"\nlogfile "{log}"\n'
-                "client-output-buffer-limit pubsub 0 0 0\n"
-            )
-            conf.chmod(0o600)
-            # its own session: a kernel interrupt (SIGINT to the kernel's process
-            # group, as jupyter_client sends it) must not stop the redis-server
-            proc = spawn(
-                [server, str(conf)],
-                stdin=subprocess.DEVNULL,
-                cwd=self.dir,
-                start_new_session=True,
-            )
-            self.redis_proc = proc
-            self._finalizer.detach()
-            self._finalizer = weakref.finalize(self, _stop, self.dir, [proc])
-            deadline = time.monotonic() + 10
-            client = redis.Redis(host="127.0.0.1", port=port, password=password)
-            while time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    break
-                try:
-                    client.ping()
-                    client.close()
-                    return port
-                except redis.RedisError:
-                    time.sleep(0.005)
-            client.close()
-            _stop_procs([proc])
+            self.settings = Settings(f"redis://:{password}@127.0.0.1:{port}/0", secret=secret)
+            self._start_redis(server, port, password)
+            ready_fd = self._start_worker()
+            if self._redis_answers(port, password):
+                return ready_fd
+            os.close(ready_fd)
+            assert self.worker_proc is not None and self.redis_proc is not None
+            _stop_procs([self.worker_proc, self.redis_proc], grace=0)
             if "Address already in use" not in tail(log):
                 raise ClusterError(
                     f"redis-server ({server}) did not start; its log ends with:\n{tail(log)}"
                 )
         raise ClusterError("could not find a free port for redis-server after 5 tries")
 
-    def _start_worker(self) -> None:
+    def _start_redis(self, server: str, port: int, password: str) -> None:
+        log = self.dir / "redis.log"
+        conf = self.dir / "redis.conf"
+        conf.write_text(
+            f'port {port}\nbind 127.0.0.1\nprotected-mode yes\nrequirepass "{password}"\n'
+            f'save ""\nappendonly no\ndir "{self.dir}"\nlogfile "{log}"\n'
+            "client-output-buffer-limit pubsub 0 0 0\n"
+        )
+        conf.chmod(0o600)
+        # its own session: a kernel interrupt (SIGINT to the kernel's process
+        # group, as jupyter_client sends it) must not stop the redis-server
+        self.redis_proc = spawn(
+            [server, str(conf)],
+            stdin=subprocess.DEVNULL,
+            cwd=self.dir,
+            start_new_session=True,
+        )
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _stop, self.dir, [self.redis_proc])
+
+    def _redis_answers(self, port: int, password: str, timeout: float = 10.0) -> bool:
+        """Whether our redis-server answers PING within ``timeout`` s (False: it exited)."""
+        assert self.redis_proc is not None
+        deadline = time.monotonic() + timeout
+        client = redis.Redis(host="127.0.0.1", port=port, password=password)
+        try:
+            while time.monotonic() < deadline and self.redis_proc.poll() is None:
+                try:
+                    return bool(client.ping())
+                except redis.RedisError:
+                    time.sleep(0.005)
+            return False
+        finally:
+            client.close()
+
+    def _start_worker(self) -> int:
+        """Start the worker process; the read end of the pipe it reports ready on."""
         env = dict(os.environ)
         env.update(self.settings.env())
         env["CELERYNB_DIE_WITH_PARENT"] = "1"
         env[ENV_EMBEDDED] = "1"
         env["C_FORCE_ROOT"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        if self.shm is not None:
+            env[ENV_SHM_DIR] = str(self.shm.directory)
         self.hostname = (
             f"celerynb-local-{os.getpid()}-{self.settings.key_id[:6]}@{socket.gethostname()}"
         )
-        args = [
-            sys.executable, "-m", "celery", "-A", "celerynb.worker", "worker",
-            "--pool", "prefork", "--concurrency", str(self.concurrency),
-            "--queues", self.settings.queue, "--hostname", self.hostname,
-            "--without-mingle", "--without-gossip", "--without-heartbeat",
-            "--loglevel", "WARNING",
-        ]  # fmt: skip
-        with open(self.dir / "worker.log", "wb") as log:
-            self.worker_proc = spawn(
-                args,
-                env=env,
-                cwd=os.getcwd(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        # Celery's CLI is skipped (its import alone costs ~0.15 s); the flags
+        # --without-mingle --without-gossip --without-heartbeat are set in ready.py
+        args = [sys.executable, "-m", "celerynb.ready", "--hostname", self.hostname,
+                "--concurrency", str(self.concurrency), "--loglevel", "WARNING"]  # fmt: skip
+        ready_r, ready_w = os.pipe()
+        env[ENV_READY_FD] = str(ready_w)
+        try:
+            with open(self.dir / "worker.log", "wb") as log:
+                self.worker_proc = spawn(
+                    args,
+                    env=env,
+                    cwd=os.getcwd(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    pass_fds=(ready_w,),
+                )
+        except BaseException:
+            os.close(ready_r)
+            raise
+        finally:
+            os.close(ready_w)
         assert self.redis_proc is not None
         self._finalizer.detach()
         self._finalizer = weakref.finalize(
             self, _stop, self.dir, [self.worker_proc, self.redis_proc]
         )
+        return ready_r
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, ready_fd: int) -> None:
+        """Wait until the worker consumes and its pool processes are up (closes ``ready_fd``).
+
+        The worker reports on the pipe (see ready.py); should the pipe close
+        without that, the worker is pinged instead.
+        """
         assert self.worker_proc is not None
         deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            if self.worker_proc.poll() is not None:
-                raise ClusterError(
-                    f"the celerynb worker exited with code {self.worker_proc.returncode} "
-                    f"during start-up; its log ends with:\n{self.worker_log()}"
-                )
-            try:
-                if self.app.control.ping([self.hostname], timeout=0.1, limit=1):
-                    self._workers = (float("inf"), {self.hostname: self.concurrency})
-                    return
-            except Exception:  # the broker may drop the first connection
-                time.sleep(0.05)
-        raise ClusterError(
+        try:
+            waiting = ReadyWaiter(ready_fd, self.concurrency)
+            while time.monotonic() < deadline:
+                self._check_alive()
+                if waiting.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+                    break
+                if waiting.closed:  # no report coming: fall back to pinging
+                    if self._pinged(deadline):
+                        break
+                    raise self._not_ready()
+            else:
+                self._check_alive()
+                if not self._pinged(time.monotonic() + 0.5):
+                    raise self._not_ready()
+        finally:
+            os.close(ready_fd)
+        self._workers = (float("inf"), {self.hostname: self.concurrency})
+
+    def _check_alive(self) -> None:
+        assert self.worker_proc is not None
+        if self.worker_proc.poll() is not None:
+            raise ClusterError(
+                f"the celerynb worker exited with code {self.worker_proc.returncode} "
+                f"during start-up; its log ends with:\n{self.worker_log()}"
+            )
+
+    def _not_ready(self) -> ClusterError:
+        return ClusterError(
             f"the celerynb worker did not answer a ping within {self.timeout:.0f} s; "
             f"its log ends with:\n{self.worker_log()}"
         )
+
+    def _pinged(self, deadline: float) -> bool:
+        """Whether the worker answers a ping before ``deadline``."""
+        while True:
+            self._check_alive()
+            try:
+                if self.app.control.ping([self.hostname], timeout=0.1, limit=1):
+                    return True
+            except Exception:  # the broker may drop the first connection
+                time.sleep(0.05)
+            if time.monotonic() >= deadline:
+                return False
 
     def __enter__(self) -> LocalCluster:
         return self
@@ -335,8 +407,7 @@ class LocalCluster(Cluster):
                 return False
             _stop_procs([proc], grace=0)  # whatever is left of its pool
             store.delete(self.redis, ["unacked", "unacked_index"])
-            self._start_worker()
-            self._wait_ready()
+            self._wait_ready(self._start_worker())
             self.generation += 1
             return True
 
@@ -370,6 +441,8 @@ class LocalCluster(Cluster):
         self.closed = True
         if was_open or self._finalizer.alive:
             self._finalizer()
+        if self.shm is not None:
+            self.shm.close()
 
     @property
     def state(self) -> str:
@@ -404,7 +477,8 @@ def _stop_procs(procs: list[subprocess.Popen[bytes]], grace: float = 3.0) -> Non
     leaders = {proc.pid for proc in procs if _leads_group(proc)}
     for proc in procs:
         try:
-            if proc.pid in leaders and "celery" in str(proc.args):  # cold shutdown, with its pool
+            # a Celery worker (celerynb.ready): cold shutdown, with its pool
+            if proc.pid in leaders and "celery" in str(proc.args):
                 os.killpg(proc.pid, signal.SIGQUIT)
             elif proc.poll() is None:
                 proc.terminate()
