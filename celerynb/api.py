@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import html
 import math
 import statistics
@@ -17,7 +18,7 @@ import redis
 from celery import chord
 
 from . import serialization, shipping, store
-from .app import REDUCE, RUN_CHUNK
+from .app import REDUCE, RUN_CHUNK, RUN_CHUNKS
 from .chunking import (
     CHUNKS_PER_WORKER,
     MAX_CHUNK_BYTES,
@@ -34,7 +35,7 @@ from .chunking import (
 from .cluster import Cluster, current
 from .errors import CancelledError, ChunkError, ClusterError, RemoteFailure
 from .progress import Display, NoDisplay, make_display, mimebundle
-from .store import ERROR, OK, REDUCED, STORED, CallKeys
+from .store import ERROR, OK, REDUCED, REF, STORED, CallKeys
 
 TICK = 0.08  # seconds a poll waits for news before the display is refreshed
 TARGET_CHUNK_SECONDS = 0.2  # adaptive chunking aims at chunks of about this long
@@ -162,23 +163,36 @@ class MapFuture:
         self._planned = True  # False while adaptive chunking waits for its probes
         self._size = 0  # bytes of the inputs
         self._generation = cluster.generation if cluster is not None else 0
+        self._slots = 0  # draining tasks sent so far (their slot numbers)
+        # an embedded cluster passes map calls' data through shared memory
+        self._shm = cluster.shm if cluster is not None and reduce is None else None
 
     # -- submission -----------------------------------------------------------
     def _task_id(self, index: int) -> str:
         return store.task_id(self.call, index)
 
     def _store_chunks(self, indices: Iterable[int]) -> None:
-        """Serialize and store chunks ``indices``, streaming them in pipelined batches."""
+        """Serialize and store chunks ``indices``, streaming them in pipelined batches.
+
+        Map calls also queue the chunk numbers for the draining tasks; with a
+        shared-memory store the chunk goes into a file and its key only marks it live.
+        """
         assert self.cluster is not None and self.plan is not None
-        plan, secret = self.plan, self.cluster.settings.secret
+        plan, secret, shm = self.plan, self.cluster.settings.secret, self._shm
         pipe = self.cluster.redis.pipeline(transaction=False)
-        buffered = 0
+        buffered, queued = 0, []
         for i in indices:
             what = plan.info(i).describe()
             try:
-                blob = serialization.dumps(secret, plan.take(i))
+                # arrays and frames of some size go through shm; small data inline
+                big = self._size * plan.items(i) >= store.INLINE * self.n_items
+                size = self._put_file(i) if shm is not None and big else None
+                blob = b"" if size is not None else serialization.dumps(secret, plan.take(i))
+                buffered += size or 0
             except Exception as exc:
                 self._cleanup()
+                if isinstance(exc, OSError):
+                    raise
                 raise TypeError(
                     f"{what} of the data cannot be pickled "
                     f"({type(exc).__name__}: {exc}); pass data made of picklable objects"
@@ -189,11 +203,28 @@ class MapFuture:
                 self._cleanup()
                 raise
             pipe.set(self.keys.chunk(i), blob, ex=store.TTL)
+            queued.append(i)
             buffered += len(blob)
             del blob
             if buffered > _PUSH_BYTES:
-                pipe.execute()
-                buffered = 0
+                self._flush(pipe, queued)
+                buffered, queued = 0, []
+        self._flush(pipe, queued)
+
+    def _put_file(self, index: int) -> int | None:
+        """Put chunk ``index`` in an shm file; its size, or None if shm is full."""
+        assert self._shm is not None and self.plan is not None
+        try:
+            return self._shm.put(self.keys.chunk_file(index), self.plan.take(index))
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            return None
+
+    def _flush(self, pipe: Any, queued: list[int]) -> None:
+        if queued and self.reduce is None:
+            pipe.rpush(self.keys.pending, *queued)
+            pipe.expire(self.keys.pending, store.TTL)
         pipe.execute()
 
     def _plan_rest(self) -> None:
@@ -226,7 +257,7 @@ class MapFuture:
         self.chunk_seconds += [None] * (self.n_chunks - first)
         self._planned = True
         self._store_chunks(range(first, self.n_chunks))
-        self._publish(range(first, self.n_chunks))
+        self._publish(self.n_chunks - first)
 
     def _submit(self, job: bytes) -> None:
         assert self.cluster is not None and self.plan is not None
@@ -239,7 +270,7 @@ class MapFuture:
         app, queue = cluster.app, cluster.settings.queue
         chord_mode = self.reduce is not None
         if not chord_mode:
-            self._publish(range(len(plan)))
+            self._publish(len(plan))
         else:
             header = [
                 app.signature(RUN_CHUNK, args=(self.call, i, {**self.options, "chord": True})).set(
@@ -253,16 +284,26 @@ class MapFuture:
             )
         self.state = "running"
 
-    def _publish(self, indices: Iterable[int]) -> None:
-        """Send the task messages of chunks ``indices`` (map mode) in pipelined batches."""
+    def _publish(self, n_chunks: int, held: Iterable[int] = ()) -> None:
+        """Send draining tasks for ``n_chunks`` newly queued chunks, in one batch.
+
+        As many tasks as the workers have processes (one per chunk with
+        ``chunk_timeout``, a per-task limit), each under a new slot number,
+        plus the slots in ``held`` again (they resume the chunk they held).
+        """
         assert self.cluster is not None
+        one = bool(self.options.get("chunk_timeout"))
+        fresh = n_chunks if one else min(n_chunks, self.cluster.n_workers)
+        slots = [*held, *range(self._slots, self._slots + fresh)]
+        self._slots += fresh
         app, queue = self.cluster.app, self.cluster.settings.queue
+        opts = {**self.options, "shm": self._shm is not None, "one": one}
         with app.producer_or_acquire() as producer, _batch(producer):
-            for i in indices:
+            for slot in slots:
                 app.send_task(
-                    RUN_CHUNK,
-                    args=(self.call, i, self.options),
-                    task_id=self._task_id(i),
+                    RUN_CHUNKS,
+                    args=(self.call, slot, opts),
+                    task_id=store.slot_task_id(self.call, slot),
                     queue=queue,
                     ignore_result=True,
                     producer=producer,
@@ -325,7 +366,8 @@ class MapFuture:
                     )
                 )
                 return
-            self._publish([i for i in range(self.n_chunks) if i not in self._parts])
+            held = [int(s) for s in self.cluster.redis.hkeys(self.keys.slots)]
+            self._publish(self.n_chunks - len(self._parts), held)
 
     def _poll(self, block: float) -> None:
         """Wait up to ``block`` s for records, take all there are, refresh the display."""
@@ -353,15 +395,49 @@ class MapFuture:
         self._unreachable_since = None
         blobs: list[bytes] = ([first[1]] if first is not None else []) + (rest or [])
         secret = self.cluster.settings.secret
+        records = [serialization.loads(secret, blob) for blob in blobs]
+        del blobs
         with self._lock:
             self._busy = int(busy or 0)
-            for blob in blobs:
+            for index, status, value, meta in self._fetch(records):
                 if self.state != "running":
                     break
-                index, status, value, meta = serialization.loads(secret, blob)
                 self._take(index, status, value, meta)
             if self.state == "running":
                 self._display.update(len(self._parts), self._items_done, self._busy)
+
+    def _fetch(self, records: list[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+        """The records, with the values kept apart (``REF``) fetched, one at a time."""
+        assert self.cluster is not None
+        refs = [
+            r[0] for r in records if r[1] == REF and r[0] not in self._parts and not r[3].get("shm")
+        ]
+        blobs: dict[int, bytes | None] = {}
+        if refs:  # big records wait in keys: one round trip for all
+            pipe = self.cluster.redis.pipeline(transaction=False)
+            for index in refs:
+                pipe.get(self.keys.stored(index))
+                pipe.unlink(self.keys.stored(index))
+            blobs = dict(zip(refs, pipe.execute()[::2], strict=True))
+        secret = self.cluster.settings.secret
+        for record in records:
+            index, status = record[0], record[1]
+            if status != REF:
+                yield record
+            elif index in self._parts:
+                continue
+            elif record[3].get("shm") and self._shm is not None:
+                name = self.keys.result_file(index)
+                try:
+                    value = self._shm.get(name)
+                finally:
+                    self._shm.delete([name])
+                yield (index, OK, value, record[3])
+            else:
+                blob = blobs.pop(index)
+                if blob is None:
+                    raise ClusterError(f"the result of chunk {index} is gone from the store")
+                yield serialization.loads(secret, blob)
 
     def _take(self, index: int, status: str, value: Any, meta: dict[str, Any]) -> None:
         assert self.plan is not None
@@ -418,8 +494,12 @@ class MapFuture:
             # Deleting the chunks first makes every task that has not claimed its
             # chunk yet a no-op; those that did are listed in the running hash.
             store.delete(self.cluster.redis, [self.keys.chunk(i) for i in range(self.n_chunks)])
-            running = {int(i) for i in self.cluster.redis.hkeys(self.keys.running)}
-            ids = [self._task_id(i) for i in sorted(running - set(self._parts))]
+            running = self.cluster.redis.hgetall(self.keys.running)
+            if self.reduce is None:  # chunk number -> the slot of its draining task
+                ids = [store.slot_task_id(self.call, int(s)) for s in set(running.values())]
+            else:
+                done = set(self._parts)
+                ids = [self._task_id(i) for i in sorted(int(i) for i in running) if i not in done]
             if self.reduce is not None and not isinstance(self._error, ChunkError):
                 ids.append(self._task_id(REDUCED))
             if ids:
@@ -437,6 +517,8 @@ class MapFuture:
             keys += store.chord_keys(self.call, self.n_chunks)
         with contextlib.suppress(redis.RedisError):
             store.delete(self.cluster.redis, keys)
+        if self._shm is not None:
+            self._shm.delete(self.keys.files(self.n_chunks))
 
     # -- the public face ------------------------------------------------------
     def done(self) -> bool:

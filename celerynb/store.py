@@ -1,6 +1,7 @@
 """The data plane: chunk and result bytes of one call, kept in Redis keys.
 
-Task messages carry only a call id and a chunk number; the bytes live here.
+Task messages carry only a call id and a chunk (or slot) number; the bytes
+live here, or, for an embedded cluster, in files on a tmpfs (``shm``).
 All keys of a call share the prefix ``celerynb:<call id>:`` and expire after
 ``TTL`` seconds even if nobody deletes them.
 """
@@ -22,6 +23,8 @@ PREFIX = "celerynb:"
 OK = "ok"
 ERROR = "error"
 STORED = "stored"
+REF = "ref"  # the value is kept apart (a result key, or a shm file): fetch it
+INLINE = 64 * 2**10  # chunks and results up to this size travel through the scripts
 REDUCED = -1  # the chunk number of the reducer's record
 
 
@@ -52,6 +55,14 @@ class CallKeys:
     def running(self) -> str:
         return self.base + "running"
 
+    @property
+    def pending(self) -> str:
+        return self.base + "pending"
+
+    @property
+    def slots(self) -> str:
+        return self.base + "slots"
+
     def chunk(self, index: int) -> str:
         return f"{self.base}chunk:{index}"
 
@@ -61,12 +72,35 @@ class CallKeys:
     def all(self, n_chunks: int) -> list[str]:
         """Every key the call may have created."""
         per_chunk = [k for i in range(n_chunks) for k in (self.chunk(i), self.stored(i))]
-        return [self.func, self.done, self.tries, self.running, *per_chunk]
+        return [
+            self.func,
+            self.done,
+            self.tries,
+            self.running,
+            self.pending,
+            self.slots,
+            *per_chunk,
+        ]
+
+    def files(self, n_chunks: int) -> list[str]:
+        """Names of the shm files the call may have created."""
+        return [name for i in range(n_chunks) for name in (self.chunk_file(i), self.result_file(i))]
+
+    def chunk_file(self, index: int) -> str:
+        return f"{self.call}-c{index}"
+
+    def result_file(self, index: int) -> str:
+        return f"{self.call}-r{index}"
 
 
 def task_id(call: str, index: int) -> str:
     """The Celery task id of chunk ``index`` of ``call`` (``REDUCED``: the reducer)."""
     return f"celerynb-{call}-{index}"
+
+
+def slot_task_id(call: str, slot: int) -> str:
+    """The Celery task id of the draining task ``slot`` of ``call``."""
+    return f"celerynb-{call}-s{slot}"
 
 
 def group_id(call: str) -> str:
@@ -138,4 +172,55 @@ redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 if ARGV[5] == '1' then redis.call('UNLINK', KEYS[1]) end
 return 1
+"""
+
+# A draining task, between chunks (one round trip): report the previous chunk
+# (ARGV[4], its record ARGV[5]) unless the call was cancelled meanwhile, then
+# (if ARGV[6] is '1') take the next: the chunk this slot held when its process
+# died, else the next pending one. Every key shares the prefix ARGV[1] (one
+# hash slot). Returns {accepted, index, tries, job, chunk, pending}: index is
+# false when there is nothing to take; job '' if the worker holds it already
+# (ARGV[7]), false if it is gone; chunk false when over ARGV[8] bytes (GET it).
+NEXT = """
+local base, slot, ttl = ARGV[1], ARGV[2], ARGV[3]
+local prev = ARGV[4]
+local accepted = 0
+if prev ~= '' then
+  redis.call('HDEL', base .. 'running', prev)
+  redis.call('HDEL', base .. 'slots', slot)
+  if redis.call('EXISTS', base .. 'chunk:' .. prev) == 1 then
+    redis.call('RPUSH', base .. 'done', ARGV[5])
+    redis.call('EXPIRE', base .. 'done', ttl)
+    redis.call('UNLINK', base .. 'chunk:' .. prev)
+    accepted = 1
+  else
+    redis.call('UNLINK', base .. 'result:' .. prev)
+  end
+end
+if ARGV[6] ~= '1' then
+  return {accepted, false, 0, false, false, redis.call('LLEN', base .. 'pending')}
+end
+local index = redis.call('HGET', base .. 'slots', slot)
+if not index then index = redis.call('LPOP', base .. 'pending') end
+if not index or redis.call('EXISTS', base .. 'chunk:' .. index) == 0 then
+  redis.call('HDEL', base .. 'slots', slot)
+  return {accepted, false, 0, false, false, 0}
+end
+local tries = redis.call('HINCRBY', base .. 'tries', index, 1)
+redis.call('HSET', base .. 'running', index, slot)
+redis.call('HSET', base .. 'slots', slot, index)
+for _, name in ipairs({'tries', 'running', 'slots'}) do
+  redis.call('EXPIRE', base .. name, ttl)
+end
+local job
+if ARGV[7] == '1' then
+  job = redis.call('EXISTS', base .. 'func') == 1 and '' or false
+else
+  job = redis.call('GET', base .. 'func')
+end
+local chunk = false
+if redis.call('STRLEN', base .. 'chunk:' .. index) <= tonumber(ARGV[8]) then
+  chunk = redis.call('GET', base .. 'chunk:' .. index)
+end
+return {accepted, tonumber(index), tries, job, chunk, 0}
 """

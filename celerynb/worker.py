@@ -7,6 +7,7 @@ CLI, ``celery -A celerynb.worker worker`` and the ``CELERYNB_*`` variables set.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import pickle
@@ -15,7 +16,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import cloudpickle
 import redis
@@ -24,9 +25,13 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from . import serialization, shipping, store
 from ._proc import die_with_parent
-from .app import REDUCE, RUN_CHUNK, Settings, make_app
+from .app import ENV_SHM_DIR, REDUCE, RUN_CHUNK, RUN_CHUNKS, Settings, make_app
+from .chunking import nbytes
 from .errors import RemoteFailure
-from .store import ERROR, OK, REDUCED, STORED, CallKeys
+from .store import ERROR, OK, REDUCED, REF, STORED, CallKeys
+
+if TYPE_CHECKING:
+    from .shm import ShmStore
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +43,11 @@ except ValueError as exc:
 
 app: Celery = make_app(settings) if settings else Celery("celerynb", set_as_current=False)
 
+# a draining task hands its slot on to a fresh message after this long
+DRAIN_SECONDS = float(os.environ.get("CELERYNB_DRAIN_SECONDS", "10"))
+
 _client: redis.Redis | None = None
+_shm_store: ShmStore | None = None
 # call id -> (func, reducer, args, kwargs), the last few calls' jobs
 _jobs: OrderedDict[
     str,
@@ -81,6 +90,19 @@ def _redis() -> redis.Redis:
     return _client
 
 
+def _shm() -> ShmStore:
+    """The embedded cluster's shared-memory store (its directory comes from the environment)."""
+    global _shm_store
+    if _shm_store is None:
+        from .shm import ShmStore
+
+        directory = os.environ.get(ENV_SHM_DIR)
+        if not directory:
+            raise RuntimeError("this worker has no CELERYNB_SHM_DIR: it is not the embedded one")
+        _shm_store = ShmStore(directory, _secret())
+    return _shm_store
+
+
 def _secret() -> str:
     assert settings is not None
     return settings.secret
@@ -119,6 +141,56 @@ def failure_of(exc: BaseException, worker: str) -> RemoteFailure:
             f"install it where the workers run)"
         )
     return RemoteFailure(type(exc).__qualname__, message, text, original, worker)
+
+
+def _compute(
+    func: Callable[..., Any],
+    chunk: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    opts: dict[str, Any],
+) -> Any:
+    """``func`` on ``chunk`` (several inputs unpacked); re-run ``retries`` times if it raises."""
+    inputs = chunk if opts.get("zip") else (chunk,)
+    retries = opts.get("retries", 0)
+    for attempt in range(retries + 1):
+        try:
+            return func(*inputs, *args, **kwargs)
+        except SoftTimeLimitExceeded:
+            raise
+        except SystemExit as exc:
+            if _terminating():  # the pool is stopping this process: let it go
+                raise
+            # sys.exit() in func: report it as the chunk's error, keep the process
+            raise RuntimeError(f"func raised SystemExit({exc.code!r}) (sys.exit)") from exc
+        except Exception as exc:
+            if attempt == retries:
+                if retries:
+                    exc.add_note(f"(failed {retries + 1} times: retries={retries})")
+                raise
+    raise AssertionError("unreachable")
+
+
+def _died(tries: int, job_found: bool, worker: str) -> RemoteFailure:
+    """The failure of a chunk whose worker process kept dying (or whose job is gone)."""
+    return RemoteFailure(
+        "WorkerLostError",
+        f"the worker process running this chunk died {tries - 1} times "
+        "(killed by a signal, out of memory, or a crash in native code); giving up on it"
+        if job_found
+        else "the call's function is gone from the store (expired or deleted)",
+        "",
+        None,
+        worker,
+    )
+
+
+def _timeout_error(exc: BaseException, opts: dict[str, Any]) -> BaseException:
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return TimeoutError(
+            f"the chunk ran longer than chunk_timeout={opts.get('chunk_timeout')} s"
+        ).with_traceback(exc.__traceback__)
+    return exc
 
 
 def _meta(task: Task, started: float) -> dict[str, Any]:
@@ -172,7 +244,7 @@ def run_chunk(self: Task, call: str, index: int, opts: dict[str, Any]) -> int | 
     ``opts``: ``attempts`` (deliveries before a dying worker is given up on),
     ``retries`` (re-runs when func raises), ``chord`` (store for the reducer).
     """
-    max_tries, retries, chord = opts["attempts"], opts.get("retries", 0), opts.get("chord")
+    max_tries, chord = opts["attempts"], opts.get("chord")
     started = time.perf_counter()
     keys = CallKeys(call)
     worker = self.request.hostname or ""
@@ -185,40 +257,14 @@ def run_chunk(self: Task, call: str, index: int, opts: dict[str, Any]) -> int | 
         return None
     tries, job_blob, chunk_blob = claimed
     if tries > max_tries or job_blob is None:
-        died = RemoteFailure(
-            "WorkerLostError",
-            f"the worker process running this chunk died {tries - 1} times "
-            "(killed by a signal, out of memory, or a crash in native code); "
-            "giving up on it"
-            if job_blob is not None
-            else "the call's function is gone from the store (expired or deleted)",
-            "",
-            None,
-            worker,
-        )
+        died = _died(tries, job_blob is not None, worker)
         _finish(keys, keys.chunk(index), (index, ERROR, died, _meta(self, started)), index)
         return None
     try:
         func, _, args, kwargs = _load_job(call, job_blob, worker)
         chunk = serialization.loads(_secret(), chunk_blob)
         del chunk_blob
-        inputs = chunk if opts.get("zip") else (chunk,)
-        for attempt in range(retries + 1):
-            try:
-                value = func(*inputs, *args, **kwargs)
-                break
-            except SoftTimeLimitExceeded:
-                raise
-            except SystemExit as exc:
-                if _terminating():  # the pool is stopping this process: let it go
-                    raise
-                # sys.exit() in func: report it as the chunk's error, keep the process
-                raise RuntimeError(f"func raised SystemExit({exc.code!r}) (sys.exit)") from exc
-            except Exception as exc:
-                if attempt == retries:
-                    if retries:
-                        exc.add_note(f"(failed {retries + 1} times: retries={retries})")
-                    raise
+        value = _compute(func, chunk, args, kwargs, opts)
         if chord:
             part = serialization.dumps(_secret(), value)
             record: tuple[Any, ...] = (index, STORED, None, _meta(self, started))
@@ -227,12 +273,128 @@ def run_chunk(self: Task, call: str, index: int, opts: dict[str, Any]) -> int | 
             _finish(keys, keys.chunk(index), (index, OK, value, _meta(self, started)), index)
         return index
     except Exception as exc:
-        if isinstance(exc, SoftTimeLimitExceeded):
-            exc = TimeoutError(
-                f"the chunk ran longer than chunk_timeout={opts.get('chunk_timeout')} s"
-            ).with_traceback(exc.__traceback__)
-        _report(keys, index, exc, worker, _meta(self, started))
+        _report(keys, index, _timeout_error(exc, opts), worker, _meta(self, started))
         return None
+
+
+def _record_blob(record: tuple[Any, ...]) -> bytes:
+    """``record`` serialized for the driver (a failure record if the value does not pickle)."""
+    try:
+        return serialization.dumps(_secret(), record)
+    except Exception as exc:
+        index, _, _, meta = record
+        problem = TypeError(
+            f"the result of func cannot be pickled to send it back ({type(exc).__name__}: "
+            f"{exc}); return plain data (numbers, strings, lists, dicts, arrays, frames)"
+        )
+        return serialization.dumps(
+            _secret(), (index, ERROR, failure_of(problem, meta["worker"]), meta)
+        )
+
+
+def _chunk(keys: CallKeys, index: int, blob: bytes | None, shm: ShmStore | None) -> Any:
+    """Chunk ``index``: an shm file (its key holds b""), inline ``blob``, or its key's bytes."""
+    if blob == b"" and shm is not None:
+        return shm.get(keys.chunk_file(index))
+    if blob is None:  # too big to come through the script
+        blob = cast("bytes | None", _redis().get(keys.chunk(index)))
+        if blob is None:
+            raise LookupError("the chunk is gone from the store (the call was cancelled)")
+    return serialization.loads(_secret(), blob)
+
+
+def _output(keys: CallKeys, record: tuple[Any, ...], shm: ShmStore | None) -> tuple[bytes, bytes]:
+    """``(record bytes for the driver, bytes to park in the result key or b"")``.
+
+    A value goes into an shm file where there is one (with room), a big record
+    waits in a key; the driver gets a small ``REF`` record for either.
+    """
+    index, status, value, meta = record
+    if shm is not None and status == OK and nbytes(value) >= store.INLINE:
+        try:
+            shm.put(keys.result_file(index), value)
+            return serialization.dumps(_secret(), (index, REF, None, {**meta, "shm": True})), b""
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+    blob = _record_blob(record)
+    if len(blob) <= store.INLINE:
+        return blob, b""
+    try:
+        store.check_size(
+            blob,
+            "the result of this chunk",
+            "use more, smaller chunks (chunks=...) or return less data per chunk",
+        )
+    except store.PayloadTooLarge as exc:
+        return serialization.dumps(
+            _secret(), (index, ERROR, failure_of(exc, meta["worker"]), meta)
+        ), b""
+    return serialization.dumps(_secret(), (index, REF, None, meta)), blob
+
+
+@app.task(name=RUN_CHUNKS, bind=True)
+def run_chunks(self: Task, call: str, slot: int, opts: dict[str, Any]) -> int:
+    """Run the call's pending chunks one after another; return how many were taken.
+
+    One round trip per chunk reports the last chunk and takes the next (see
+    ``store.NEXT``). ``opts`` as for ``run_chunk``, plus ``shm`` (data may be
+    in shm files) and ``one`` (take one chunk only, for per-chunk time
+    limits). After ``DRAIN_SECONDS`` the slot goes on in a fresh message, so
+    other calls get their turn and no message stays unacked for long.
+    """
+    keys, worker = CallKeys(call), self.request.hostname or ""
+    shm = _shm() if opts.get("shm") else None
+    stop = time.monotonic() + DRAIN_SECONDS
+    prev, record, parked, taken = "", b"", b"", 0
+    while True:
+        take = not (opts.get("one") and taken) and time.monotonic() < stop
+        args = [keys.base, slot, store.TTL, prev, record, "1" if take else "0"]
+        args += ["1" if call in _jobs else "0", store.INLINE]
+        if parked:  # a big record waits in a key, stored in the same round trip
+            pipe = _redis().pipeline(transaction=False)
+            pipe.set(keys.stored(int(prev)), parked, ex=store.TTL)
+            _script("NEXT")(keys=[keys.done], args=args, client=pipe)
+            reply = pipe.execute()[-1]
+        else:
+            reply = _script("NEXT")(keys=[keys.done], args=args, client=_redis())
+        accepted, index, tries, job_blob, chunk_blob, pending = reply
+        if shm is not None and prev:  # the chunk's file, and its result's if nobody wants it
+            done = [keys.chunk_file(int(prev))]
+            shm.delete(done if accepted else [*done, keys.result_file(int(prev))])
+        if index is None:
+            if pending and not opts.get("one"):  # time is up, chunks are left: hand over
+                self.app.send_task(
+                    RUN_CHUNKS,
+                    args=(call, slot, opts),
+                    task_id=self.request.id,
+                    queue=(self.request.delivery_info or {}).get("routing_key")
+                    or app.conf.task_default_queue,
+                    ignore_result=True,
+                )
+            return taken
+        taken, prev, started = taken + 1, str(index), time.perf_counter()
+        meta = {"worker": worker, "pid": os.getpid(), "seconds": 0.0}
+        try:
+            if tries > opts["attempts"] or job_blob is None:
+                outcome: tuple[Any, ...] = (
+                    index, ERROR, _died(tries, job_blob is not None, worker), meta
+                )  # fmt: skip
+            else:
+                func, _, extra, kwargs = _load_job(call, job_blob, worker)
+                chunk = _chunk(keys, index, chunk_blob, shm)
+                del chunk_blob
+                value = _compute(func, chunk, extra, kwargs, opts)
+                del chunk
+                meta["seconds"] = time.perf_counter() - started
+                outcome = (index, OK, value, meta)
+                del value
+            record, parked = _output(keys, outcome, shm)
+            del outcome
+        except Exception as exc:
+            meta["seconds"] = time.perf_counter() - started
+            failure = failure_of(_timeout_error(exc, opts), worker)
+            record, parked = serialization.dumps(_secret(), (index, ERROR, failure, meta)), b""
 
 
 def _report(keys: CallKeys, index: int, exc: BaseException, worker: str, meta: Any) -> None:

@@ -1,0 +1,131 @@
+"""Draining tasks: a few task messages per call, one round trip per chunk."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import celerynb
+from celerynb import store
+from celerynb.store import CallKeys
+
+
+def _slow_ids(xs: list[int]) -> list[tuple[int, int]]:
+    time.sleep(0.03)
+    return [(x, os.getpid()) for x in xs]
+
+
+@pytest.fixture(scope="module")
+def short_drains(monkeypatch_module: pytest.MonkeyPatch) -> Iterator[celerynb.LocalCluster]:
+    """An embedded cluster whose draining tasks hand over every 0.2 s."""
+    monkeypatch_module.setenv("CELERYNB_DRAIN_SECONDS", "0.2")
+    with celerynb.LocalCluster(n_workers=2) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def test_few_task_messages_for_many_chunks(cluster: celerynb.LocalCluster) -> None:
+    future = celerynb.cmap_async(
+        lambda xs: [x + 1 for x in xs], list(range(1000)), chunks=1000, cluster=cluster,
+        progress=False,
+    )  # fmt: skip
+    assert future.result(timeout=120) == list(range(1, 1001))
+    assert future._slots == cluster.n_workers  # one draining task per pool process
+    assert set(future.workers) != {None}
+
+
+def test_slots_hand_over_and_calls_take_turns(short_drains: celerynb.LocalCluster) -> None:
+    """A slot's work outlives its message: it goes on in fresh ones (behind other calls)."""
+    first = celerynb.cmap_async(
+        _slow_ids, list(range(60)), chunks=60, cluster=short_drains, progress=False
+    )
+    time.sleep(0.3)
+    second = celerynb.cmap_async(
+        _slow_ids, list(range(4)), chunks=2, cluster=short_drains, progress=False
+    )
+    assert [x for x, _ in second.result(timeout=60)] == list(range(4))
+    assert not first.done()  # the short call did not wait for the long one to end
+    assert [x for x, _ in first.result(timeout=60)] == list(range(60))
+
+
+def test_big_results_wait_in_keys_on_a_remote_store(remote: celerynb.Cluster) -> None:
+    big = store.INLINE * 3
+    future = celerynb.cmap_async(
+        lambda xs: [b"x" * big for _ in xs], list(range(6)), chunks=3, cluster=remote,
+        progress=False,
+    )  # fmt: skip
+    assert future.result(timeout=60) == [b"x" * big] * 6
+    keys = CallKeys(future.call)
+    assert not remote.redis.keys(keys.base.replace("{", "[{]") + "*")
+
+
+def test_cancel_stops_the_drain(cluster: celerynb.LocalCluster, tmp_path: Path) -> None:
+    marks = tmp_path
+
+    def mark(xs: list[int]) -> list[int]:
+        for x in xs:
+            (marks / str(x)).touch()
+        time.sleep(0.2)
+        return xs
+
+    future = celerynb.cmap_async(
+        mark, list(range(200)), chunks=200, cluster=cluster, progress=False
+    )
+    time.sleep(0.5)
+    future.cancel()
+    time.sleep(1.0)
+    ran = len(list(marks.iterdir()))
+    assert ran < 40, ran  # queued chunks were dropped, not run
+    assert celerynb.cmap(
+        lambda xs: [x * 2 for x in xs], [1, 2], cluster=cluster, progress=False
+    ) == [2, 4]
+
+
+def _gated_double(frame: pd.DataFrame, gate: str) -> pd.DataFrame:
+    while not os.path.exists(gate):
+        time.sleep(0.01)
+    return frame * 2
+
+
+def test_frames_travel_through_shared_memory(
+    cluster: celerynb.LocalCluster, tmp_path: Path
+) -> None:
+    """An embedded cluster passes big chunks and results as shm files, removed after use."""
+    assert cluster.shm is not None
+    frame = pd.DataFrame(np.arange(400_000, dtype=float).reshape(-1, 4))  # 3.2 MB
+    gate = tmp_path / "go"
+    future = celerynb.cmap_async(
+        _gated_double, frame, kwargs={"gate": str(gate)}, chunks=8, cluster=cluster,
+        progress=False,
+    )  # fmt: skip
+    try:
+        files = sorted(os.listdir(cluster.shm.directory))
+        keys = CallKeys(future.call)
+        wanted = sorted(keys.chunk_file(i) for i in range(8))
+        assert [f for f in files if f.startswith(future.call)] == wanted, files
+        marks = [cluster.redis.get(keys.chunk(i)) for i in range(8)]
+        assert marks == [b""] * 8, marks  # the keys only mark the chunks live
+    finally:
+        gate.touch()
+    out = future.result(timeout=60)
+    pd.testing.assert_frame_equal(out, frame * 2)
+    out.iloc[0, 0] = -1.0  # the joined result is the caller's own, writable
+    assert not [f for f in os.listdir(cluster.shm.directory) if f.startswith(future.call)]
+
+
+def test_one_chunk_result_from_shared_memory_is_writable(cluster: celerynb.LocalCluster) -> None:
+    arr = np.arange(100_000, dtype=float)
+    out = celerynb.cmap(lambda a: a + 1, arr, chunks=1, cluster=cluster, progress=False)
+    out[0] = -1.0
+    assert out[1] == 2.0 and out.flags.writeable
