@@ -42,6 +42,7 @@ TARGET_CHUNK_SECONDS = 0.2  # adaptive chunking aims at chunks of about this lon
 ADAPT_MIN_ITEMS_PER_WORKER = 64  # smaller inputs use the fixed default
 PROBES_PER_WORKER = 32  # a probe chunk holds 1/(32 x workers) of the items
 _PUSH_BYTES = 32 * 2**20  # chunk bytes buffered before a pipeline is flushed
+OPEN_SECONDS = 10  # workers stop waiting for an open call's chunks when its driver is gone
 
 
 def _batch(producer: Any) -> contextlib.AbstractContextManager[Any]:
@@ -161,6 +162,7 @@ class MapFuture:
         self._joined = reduce is not None  # map calls join their parts on first result()
         self._dropped = False
         self._planned = True  # False while adaptive chunking waits for its probes
+        self._adaptive = False  # chunks sized from timed probes (see _plan_rest)
         self._size = 0  # bytes of the inputs
         self._generation = cluster.generation if cluster is not None else 0
         self._slots = 0  # draining tasks sent so far (their slot numbers)
@@ -171,8 +173,8 @@ class MapFuture:
     def _task_id(self, index: int) -> str:
         return store.task_id(self.call, index)
 
-    def _store_chunks(self, indices: Iterable[int]) -> None:
-        """Serialize and store chunks ``indices``, streaming them in pipelined batches.
+    def _store_chunks(self, indices: Iterable[int], job: bytes = b"") -> None:
+        """Serialize and store chunks ``indices`` (and the ``job``), in pipelined batches.
 
         Map calls also queue the chunk numbers for the draining tasks; with a
         shared-memory store the chunk goes into a file and its key only marks it live.
@@ -180,6 +182,8 @@ class MapFuture:
         assert self.cluster is not None and self.plan is not None
         plan, secret, shm = self.plan, self.cluster.settings.secret, self._shm
         pipe = self.cluster.redis.pipeline(transaction=False)
+        if job:
+            pipe.set(self.keys.func, job, ex=store.TTL)
         buffered, queued = 0, []
         for i in indices:
             what = plan.info(i).describe()
@@ -209,7 +213,7 @@ class MapFuture:
             if buffered > _PUSH_BYTES:
                 self._flush(pipe, queued)
                 buffered, queued = 0, []
-        self._flush(pipe, queued)
+        self._flush(pipe, queued, last=True)
 
     def _put_file(self, index: int) -> int | None:
         """Put chunk ``index`` in an shm file; its size, or None if shm is full."""
@@ -221,10 +225,14 @@ class MapFuture:
                 raise
             return None
 
-    def _flush(self, pipe: Any, queued: list[int]) -> None:
+    def _flush(self, pipe: Any, queued: list[int], last: bool = False) -> None:
         if queued and self.reduce is None:
             pipe.rpush(self.keys.pending, *queued)
             pipe.expire(self.keys.pending, store.TTL)
+        if not self._planned:  # adaptive chunking's probes: the rest comes once they are timed
+            pipe.set(self.keys.open, 1, ex=OPEN_SECONDS)
+        elif last and self._adaptive:  # the rest is all queued: close the call
+            pipe.unlink(self.keys.open)
         pipe.execute()
 
     def _plan_rest(self) -> None:
@@ -256,17 +264,14 @@ class MapFuture:
         self.workers += [None] * (self.n_chunks - first)
         self.chunk_seconds += [None] * (self.n_chunks - first)
         self._planned = True
+        # the probes' draining tasks wait for these while the call is open
         self._store_chunks(range(first, self.n_chunks))
-        self._publish(self.n_chunks - first)
 
     def _submit(self, job: bytes) -> None:
         assert self.cluster is not None and self.plan is not None
         cluster, plan, secret = self.cluster, self.plan, self.cluster.settings.secret
         store.check_size(job, "func (with everything it refers to)", "pass big objects as data")
-        cluster.redis.set(
-            self.keys.func, serialization.sign(secret, shipping.pack_job(job)), ex=store.TTL
-        )
-        self._store_chunks(range(len(plan)))
+        self._store_chunks(range(len(plan)), serialization.sign(secret, shipping.pack_job(job)))
         app, queue = cluster.app, cluster.settings.queue
         chord_mode = self.reduce is not None
         if not chord_mode:
@@ -307,6 +312,8 @@ class MapFuture:
                     queue=queue,
                     ignore_result=True,
                     producer=producer,
+                    argsrepr=f"(call={self.call!r}, slot={slot})",  # not Celery's saferepr
+                    kwargsrepr="{}",
                     **self._limits(),
                 )
 
@@ -373,11 +380,13 @@ class MapFuture:
         """Wait up to ``block`` s for records, take all there are, refresh the display."""
         assert self.cluster is not None
         pipe = self.cluster.redis.pipeline(transaction=False)
+        if not self._planned:  # keep the call open for the probes' draining tasks
+            pipe.expire(self.keys.open, OPEN_SECONDS)
         pipe.blpop([self.keys.done], timeout=block)
         pipe.lpop(self.keys.done, 1000)
         pipe.hlen(self.keys.running)
         try:
-            first, rest, busy = pipe.execute()
+            first, rest, busy = pipe.execute()[-3:]
         except redis.ConnectionError as exc:
             now = time.monotonic()
             self._unreachable_since = self._unreachable_since or now
@@ -733,7 +742,7 @@ def cmap_async(
     future.func = func
     future.label = f"cmap({getattr(func, '__name__', type(func).__name__)})"
     future._size = size
-    future._planned = not adaptive
+    future._planned, future._adaptive = not adaptive, adaptive
     future._display = make_display(progress, future)
     try:
         future._submit(job)

@@ -63,6 +63,11 @@ class CallKeys:
     def slots(self) -> str:
         return self.base + "slots"
 
+    @property
+    def open(self) -> str:
+        """Set while the driver may still queue chunks (adaptive chunking's probes run)."""
+        return self.base + "open"
+
     def chunk(self, index: int) -> str:
         return f"{self.base}chunk:{index}"
 
@@ -179,8 +184,9 @@ return 1
 # (if ARGV[6] is '1') take the next: the chunk this slot held when its process
 # died, else the next pending one. Every key shares the prefix ARGV[1] (one
 # hash slot). Returns {accepted, index, tries, job, chunk, pending}: index is
-# false when there is nothing to take; job '' if the worker holds it already
-# (ARGV[7]), false if it is gone; chunk false when over ARGV[8] bytes (GET it).
+# false when there is nothing to take (pending: chunks left, -1 if the call is
+# still open: more may come); job '' if the worker holds it already (ARGV[7]),
+# false if it is gone; chunk false when over ARGV[8] bytes (GET it).
 NEXT = """
 local base, slot, ttl = ARGV[1], ARGV[2], ARGV[3]
 local prev = ARGV[4]
@@ -197,12 +203,13 @@ if prev ~= '' then
     redis.call('UNLINK', base .. 'result:' .. prev)
   end
 end
-if ARGV[6] ~= '1' then
-  return {accepted, false, 0, false, false, redis.call('LLEN', base .. 'pending')}
-end
+local left = redis.call('LLEN', base .. 'pending')
+if left == 0 and redis.call('EXISTS', base .. 'open') == 1 then left = -1 end
+if ARGV[6] ~= '1' then return {accepted, false, 0, false, false, left} end
 local index = redis.call('HGET', base .. 'slots', slot)
 if not index then index = redis.call('LPOP', base .. 'pending') end
-if not index or redis.call('EXISTS', base .. 'chunk:' .. index) == 0 then
+if not index then return {accepted, false, 0, false, false, left} end
+if redis.call('EXISTS', base .. 'chunk:' .. index) == 0 then
   redis.call('HDEL', base .. 'slots', slot)
   return {accepted, false, 0, false, false, 0}
 end

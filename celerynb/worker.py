@@ -45,6 +45,7 @@ app: Celery = make_app(settings) if settings else Celery("celerynb", set_as_curr
 
 # a draining task hands its slot on to a fresh message after this long
 DRAIN_SECONDS = float(os.environ.get("CELERYNB_DRAIN_SECONDS", "10"))
+OPEN_WAIT = 0.1  # seconds a draining task waits at a time for an open call's next chunks
 
 _client: redis.Redis | None = None
 _shm_store: ShmStore | None = None
@@ -362,6 +363,11 @@ def run_chunks(self: Task, call: str, slot: int, opts: dict[str, Any]) -> int:
         if shm is not None and prev:  # the chunk's file, and its result's if nobody wants it
             done = [keys.chunk_file(int(prev))]
             shm.delete(done if accepted else [*done, keys.result_file(int(prev))])
+        prev, record, parked = "", b"", b""
+        if index is None and pending == -1 and take:  # more chunks may come: wait for them
+            # (the list's last chunk number rotates to its head: nothing is taken)
+            _redis().brpoplpush(keys.pending, keys.pending, timeout=OPEN_WAIT)
+            continue
         if index is None:
             if pending and not opts.get("one"):  # time is up, chunks are left: hand over
                 self.app.send_task(

@@ -129,3 +129,28 @@ def test_one_chunk_result_from_shared_memory_is_writable(cluster: celerynb.Local
     out = celerynb.cmap(lambda a: a + 1, arr, chunks=1, cluster=cluster, progress=False)
     out[0] = -1.0
     assert out[1] == 2.0 and out.flags.writeable
+
+
+def _sleepy(xs: list[int]) -> list[int]:
+    time.sleep(0.004 * len(xs))
+    return [x * 3 for x in xs]
+
+
+def test_adaptive_chunks_follow_the_probes(cluster: celerynb.LocalCluster) -> None:
+    """A cheap func gets a few big chunks, a slow one many that shrink towards the end;
+    both in one set of draining tasks (the probes' tasks wait for the rest)."""
+    n = cluster.n_workers
+    cheap = celerynb.cmap_async(
+        lambda xs: [x + 1 for x in xs], list(range(200_000)), cluster=cluster, progress=False
+    )
+    assert cheap.result(timeout=60) == list(range(1, 200_001))
+    assert cheap.n_chunks <= 2 * n + 2, cheap.n_chunks
+    assert cheap._slots == n
+    slow = celerynb.cmap_async(_sleepy, list(range(600)), cluster=cluster, progress=False)
+    assert slow.result(timeout=60) == [x * 3 for x in range(600)]
+    assert slow._slots == n
+    assert slow.plan is not None
+    sizes = [slow.plan.items(i) for i in range(n, slow.n_chunks)]  # after the probes
+    assert len(sizes) > 2 * n, sizes  # 2.4 s of work: many chunks of >= 0.2 s
+    assert sizes == sorted(sizes, reverse=True), sizes
+    assert min(sizes) >= 0.2 / 0.004 * 0.5, sizes  # about TARGET_CHUNK_SECONDS each
