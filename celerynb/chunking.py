@@ -355,6 +355,16 @@ class GroupPlan:
             return out
         if all(isinstance(p.index, pd.RangeIndex) and p.index.start == 0 for p in parts):
             return pd.concat(parts, ignore_index=True)
+        if not self.grouped.group_keys:
+            # A chunk whose every group came back unchanged was put back in row order
+            # by pandas; the whole apply was not, so it lays groups out in group order.
+            numbers = self.grouped.ngroup().to_numpy()
+            parts = [
+                p.iloc[np.argsort(numbers[r], kind="stable")]
+                if len(p) == len(r) and p.index.equals(obj.index[r])
+                else p
+                for p, r in zip(parts, self.rows, strict=True)
+            ]
         return join(parts)
 
 

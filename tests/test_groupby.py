@@ -397,3 +397,15 @@ def test_property_groupby_parity(
     expected = df.groupby(by, **options).apply(func)
     out = run(cluster, func, df.groupby(by, **options), chunks=chunks)
     assert_same(out, expected)
+
+
+def test_filter_where_one_chunk_keeps_every_group_whole(cluster: celerynb.LocalCluster) -> None:
+    """A chunk whose groups all come back whole is laid out in row order by pandas;
+    the whole apply (where some group was cut) is in group order: so is the join."""
+    df = pd.DataFrame(
+        {"k": [1.0, 2.0, 1.0, 2.0, 3.0, 1.0, 3.0, 3.0], "k2": list("xxyyxxxx"), "v": range(8)}
+    )
+    grouped = df.groupby(["k", "k2"], group_keys=False)
+    expected = grouped.apply(first_two)
+    out = run(cluster, first_two, grouped, chunks=3)
+    assert_same(out, expected)
