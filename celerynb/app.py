@@ -23,6 +23,7 @@ ENV_QUEUE = "CELERYNB_QUEUE"
 ENV_EMBEDDED = "CELERYNB_EMBEDDED"  # set for the worker of a LocalCluster
 ENV_READY_FD = "CELERYNB_READY_FD"  # where a LocalCluster's worker reports ready (see ready.py)
 ENV_SHM_DIR = "CELERYNB_SHM_DIR"  # the embedded cluster's shared-memory directory
+ENV_SHM_ROOT = "CELERYNB_SHM_ROOT"  # where the embedded cluster makes it (or "off")
 
 
 def mask_url(url: str) -> str:

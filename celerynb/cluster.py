@@ -32,13 +32,14 @@ from .app import (
     ENV_EMBEDDED,
     ENV_READY_FD,
     ENV_SHM_DIR,
+    ENV_SHM_ROOT,
     Settings,
     make_app,
     mask_url,
 )
 from .errors import ClusterError
 from .serialization import new_secret
-from .shm import ShmStore
+from .shm import DEFAULT_ROOT, ShmStore
 
 _current: Cluster | None = None
 _current_lock = threading.RLock()
@@ -222,8 +223,7 @@ class LocalCluster(Cluster):
         self._finalizer = weakref.finalize(self, _stop, self.dir, [])
         try:
             secret = new_secret()
-            # map calls pass their data through files on a tmpfs where there is one
-            self.shm = ShmStore.create(secret) if ShmStore.available() else None
+            self.shm = _shared_memory(secret)
             ready_fd = self._start(new_secret(), secret)
             try:
                 super().__init__(self.settings)
@@ -455,6 +455,15 @@ class LocalCluster(Cluster):
     def __repr__(self) -> str:
         broker = mask_url(self.settings.broker_url) if hasattr(self, "settings") else "-"
         return f"<LocalCluster {self.state} workers={self.concurrency} broker={broker!r}>"
+
+
+def _shared_memory(secret: str) -> ShmStore | None:
+    """Where map calls' big data goes: files on a tmpfs (``CELERYNB_SHM_ROOT``, default
+    /dev/shm; ``off``: none), if that is a writable tmpfs; else None (through Redis)."""
+    root = os.environ.get(ENV_SHM_ROOT, str(DEFAULT_ROOT))
+    if root.lower() in ("", "0", "off", "no", "false") or not ShmStore.available(root):
+        return None
+    return ShmStore.create(secret, root)
 
 
 def _children(pid: int) -> list[int]:

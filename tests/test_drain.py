@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,3 +155,42 @@ def test_adaptive_chunks_follow_the_probes(cluster: celerynb.LocalCluster) -> No
     assert len(sizes) > 2 * n, sizes  # 2.4 s of work: many chunks of >= 0.2 s
     assert sizes == sorted(sizes, reverse=True), sizes
     assert min(sizes) >= 0.2 / 0.004 * 0.5, sizes  # about TARGET_CHUNK_SECONDS each
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (needs root and mount; skips otherwise)."""
+    root = tmp_path / "shm"
+    root.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(root)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def test_a_full_shm_falls_back_to_redis(tiny_tmpfs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks and results that do not fit the tmpfs go through Redis; nothing is lost."""
+    monkeypatch.setenv("CELERYNB_SHM_ROOT", str(tiny_tmpfs))
+    frame = pd.DataFrame(np.arange(1_000_000, dtype=float).reshape(-1, 2))  # 8 MB, 8 chunks
+    with celerynb.LocalCluster(n_workers=1) as local:
+        assert local.shm is not None and local.shm.directory.parent == tiny_tmpfs
+        out = celerynb.cmap(lambda f: f * 2, frame, chunks=8, cluster=local, progress=False)
+        pd.testing.assert_frame_equal(out, frame * 2)
+        del out
+        assert os.listdir(local.shm.directory) == []
+
+
+def test_shared_memory_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CELERYNB_SHM_ROOT", "off")
+    with celerynb.LocalCluster(n_workers=1) as local:
+        assert local.shm is None
+        arr = np.arange(200_000, dtype=float)
+        out = celerynb.cmap(lambda a: a + 1, arr, chunks=2, cluster=local, progress=False)
+        np.testing.assert_array_equal(out, arr + 1)
