@@ -38,10 +38,11 @@ from .progress import Display, NoDisplay, make_display, mimebundle
 from .store import ERROR, OK, REDUCED, REF, STORED, CallKeys
 
 TICK = 0.08  # seconds a poll waits for news before the display is refreshed
-TARGET_CHUNK_SECONDS = 0.2  # adaptive chunking aims at chunks of about this long
+TARGET_CHUNK_SECONDS = 0.05  # adaptive chunking plans no chunk shorter than this
 ADAPT_MIN_ITEMS_PER_WORKER = 64  # smaller inputs use the fixed default
 PROBES_PER_WORKER = 32  # a probe chunk holds 1/(32 x workers) of the items
 _PUSH_BYTES = 32 * 2**20  # chunk bytes buffered before a pipeline is flushed
+_EARLY_BYTES = 8 * 2**20  # calls with more data start before all of it is stored
 OPEN_SECONDS = 10  # workers stop waiting for an open call's chunks when its driver is gone
 
 
@@ -162,7 +163,7 @@ class MapFuture:
         self._joined = reduce is not None  # map calls join their parts on first result()
         self._dropped = False
         self._planned = True  # False while adaptive chunking waits for its probes
-        self._adaptive = False  # chunks sized from timed probes (see _plan_rest)
+        self._opened = False  # the call's "open" key is set (see _flush)
         self._size = 0  # bytes of the inputs
         self._generation = cluster.generation if cluster is not None else 0
         self._slots = 0  # draining tasks sent so far (their slot numbers)
@@ -173,11 +174,13 @@ class MapFuture:
     def _task_id(self, index: int) -> str:
         return store.task_id(self.call, index)
 
-    def _store_chunks(self, indices: Iterable[int], job: bytes = b"") -> None:
+    def _store_chunks(self, indices: range, job: bytes = b"", publish: bool = False) -> None:
         """Serialize and store chunks ``indices`` (and the ``job``), in pipelined batches.
 
-        Map calls also queue the chunk numbers for the draining tasks; with a
-        shared-memory store the chunk goes into a file and its key only marks it live.
+        Map calls also queue the chunk numbers for the draining tasks (sent
+        with ``publish`` once the first batch is stored: they start while the
+        rest is stored, the call being open till then); with a shared-memory
+        store the chunk goes into a file and its key only marks it live.
         """
         assert self.cluster is not None and self.plan is not None
         plan, secret, shm = self.plan, self.cluster.settings.secret, self._shm
@@ -185,7 +188,10 @@ class MapFuture:
         if job:
             pipe.set(self.keys.func, job, ex=store.TTL)
         buffered, queued = 0, []
-        for i in indices:
+        # big map calls: the workers start on a first batch while the rest is stored
+        big_call = self.reduce is None and self._size >= _EARLY_BYTES
+        early = self.cluster.n_workers if big_call else 0
+        for n, i in enumerate(indices, 1):
             what = plan.info(i).describe()
             try:
                 # arrays and frames of some size go through shm; small data inline
@@ -210,10 +216,15 @@ class MapFuture:
             queued.append(i)
             buffered += len(blob)
             del blob
-            if buffered > _PUSH_BYTES:
+            if n < len(indices) and (buffered > _PUSH_BYTES or n == early):
                 self._flush(pipe, queued)
                 buffered, queued = 0, []
+                if publish:
+                    self._publish(len(indices))
+                    publish = False
         self._flush(pipe, queued, last=True)
+        if publish:
+            self._publish(len(indices))
 
     def _put_file(self, index: int) -> int | None:
         """Put chunk ``index`` in an shm file; its size, or None if shm is full."""
@@ -226,13 +237,18 @@ class MapFuture:
             return None
 
     def _flush(self, pipe: Any, queued: list[int], last: bool = False) -> None:
-        if queued and self.reduce is None:
-            pipe.rpush(self.keys.pending, *queued)
-            pipe.expire(self.keys.pending, store.TTL)
-        if not self._planned:  # adaptive chunking's probes: the rest comes once they are timed
-            pipe.set(self.keys.open, 1, ex=OPEN_SECONDS)
-        elif last and self._adaptive:  # the rest is all queued: close the call
-            pipe.unlink(self.keys.open)
+        if self.reduce is None:
+            if queued:
+                pipe.rpush(self.keys.pending, *queued)
+                pipe.expire(self.keys.pending, store.TTL)
+            # open: more chunks come (the rest of this batch, or, while adaptive
+            # chunking's probes run, the chunks planned from their times)
+            if not last or not self._planned:
+                pipe.set(self.keys.open, 1, ex=OPEN_SECONDS)
+                self._opened = True
+            elif self._opened:  # all queued: close the call
+                pipe.unlink(self.keys.open)
+                self._opened = False
         pipe.execute()
 
     def _plan_rest(self) -> None:
@@ -256,6 +272,8 @@ class MapFuture:
         sizes = []
         while left > 0:
             size = min(max(math.ceil(left / (CHUNKS_PER_WORKER * workers)), lowest), highest, left)
+            if left - size < lowest // 2:  # no crumb of a chunk at the end
+                size = min(left, highest)
             sizes.append(size)
             left -= size
         first = self.n_chunks
@@ -271,12 +289,10 @@ class MapFuture:
         assert self.cluster is not None and self.plan is not None
         cluster, plan, secret = self.cluster, self.plan, self.cluster.settings.secret
         store.check_size(job, "func (with everything it refers to)", "pass big objects as data")
-        self._store_chunks(range(len(plan)), serialization.sign(secret, shipping.pack_job(job)))
+        signed = serialization.sign(secret, shipping.pack_job(job))
+        self._store_chunks(range(len(plan)), signed, publish=self.reduce is None)
         app, queue = cluster.app, cluster.settings.queue
-        chord_mode = self.reduce is not None
-        if not chord_mode:
-            self._publish(len(plan))
-        else:
+        if self.reduce is not None:
             header = [
                 app.signature(RUN_CHUNK, args=(self.call, i, {**self.options, "chord": True})).set(
                     task_id=self._task_id(i), queue=queue, **self._limits()
@@ -742,7 +758,7 @@ def cmap_async(
     future.func = func
     future.label = f"cmap({getattr(func, '__name__', type(func).__name__)})"
     future._size = size
-    future._planned, future._adaptive = not adaptive, adaptive
+    future._planned = not adaptive
     future._display = make_display(progress, future)
     try:
         future._submit(job)

@@ -45,7 +45,7 @@ app: Celery = make_app(settings) if settings else Celery("celerynb", set_as_curr
 
 # a draining task hands its slot on to a fresh message after this long
 DRAIN_SECONDS = float(os.environ.get("CELERYNB_DRAIN_SECONDS", "10"))
-OPEN_WAIT = 0.1  # seconds a draining task waits at a time for an open call's next chunks
+OPEN_WAIT = 0.01  # seconds a draining task waits at a time for an open call's next chunks
 
 _client: redis.Redis | None = None
 _shm_store: ShmStore | None = None
