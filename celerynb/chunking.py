@@ -11,7 +11,7 @@ Otherwise the default is adaptive (see ``MapFuture._plan_rest``): one small
 probe chunk per worker runs first; from its measured time per item the rest
 is cut on a guided schedule: each chunk takes ``1 / (4 x workers)`` of what is
 left, so chunks shrink towards the end and a slow tail spreads over all
-workers; no chunk is planned shorter than 0.2 s (per-chunk overhead) unless
+workers; no chunk is planned shorter than 0.05 s (per-chunk overhead) unless
 that would leave a worker idle, and none exceeds 64 MiB. ``chunks=`` /
 ``chunk_size=`` override both rules.
 
