@@ -188,9 +188,9 @@ class MapFuture:
         if job:
             pipe.set(self.keys.func, job, ex=store.TTL)
         buffered, queued = 0, []
-        # big map calls: the workers start on a first batch while the rest is stored
+        # big map calls: the workers start on the first chunks while the rest is stored
         big_call = self.reduce is None and self._size >= _EARLY_BYTES
-        early = self.cluster.n_workers if big_call else 0
+        early, batch = (self.cluster.n_workers, 2**20) if big_call else (0, _PUSH_BYTES)
         for n, i in enumerate(indices, 1):
             what = plan.info(i).describe()
             try:
@@ -216,7 +216,7 @@ class MapFuture:
             queued.append(i)
             buffered += len(blob)
             del blob
-            if n < len(indices) and (buffered > _PUSH_BYTES or n == early):
+            if n < len(indices) and (buffered > batch or n == early):
                 self._flush(pipe, queued)
                 buffered, queued = 0, []
                 if publish:
@@ -264,11 +264,14 @@ class MapFuture:
         # guided schedule: each chunk is a share of what is left, so chunks shrink
         # towards the end and a slow tail is spread over all workers; no chunk is
         # shorter than TARGET_CHUNK_SECONDS (per-chunk overhead) unless that would
-        # leave a worker idle, and none holds more than MAX_CHUNK_BYTES
+        # leave a worker idle, and none holds more than MAX_CHUNK_BYTES (nor, for big
+        # data, more than the fixed rule's chunks: storing overlaps with running)
         lowest = math.ceil(TARGET_CHUNK_SECONDS / per_item)
         highest = max(1, math.ceil(left / workers))
         if self._size:
             highest = min(highest, max(1, self.n_items * MAX_CHUNK_BYTES // self._size))
+        if self._size >= _EARLY_BYTES:  # big data: chunks small enough to pipeline the copies
+            highest = min(highest, math.ceil(self.n_items / (CHUNKS_PER_WORKER * workers)))
         sizes = []
         while left > 0:
             size = min(max(math.ceil(left / (CHUNKS_PER_WORKER * workers)), lowest), highest, left)
