@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -46,7 +47,9 @@ class WorkerProcess:
 
 
 def forget_queue(url: str, queue: str) -> None:
-    """Delete a finished test's queue and kombu's bindings for it from a shared Redis."""
+    """Delete a finished test's queue, kombu's bindings for it and its unacked messages
+    (a stopped worker's deliveries, which kombu would restore into the queue) from a
+    shared Redis."""
     client = redis.Redis.from_url(url, socket_connect_timeout=2)
     try:
         client.delete(
@@ -55,6 +58,14 @@ def forget_queue(url: str, queue: str) -> None:
             f"_kombu.binding_permanent.{queue}",
             f"_kombu.binding.{queue}.pidbox",
         )
+        for tag, raw in client.hscan_iter("unacked"):
+            try:
+                _, exchange, routing_key = json.loads(raw)
+            except (ValueError, TypeError):
+                continue
+            if queue in (exchange, routing_key):
+                client.hdel("unacked", tag)
+                client.zrem("unacked_index", tag)
     except redis.RedisError:
         pass
     finally:

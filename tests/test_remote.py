@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
-from support import SYSTEM_REDIS, WorkerProcess, system_redis_available
+from support import SYSTEM_REDIS, WorkerProcess, forget_queue, system_redis_available
 
 import celerynb
+from celerynb.app import Settings
 from celerynb.serialization import key_id, new_secret
 
 BOUND = 15.0  # generous "does not hang" bound
@@ -171,6 +172,7 @@ def test_two_clients_with_different_secrets(
         if client_b is not None:
             client_b.close()
         worker_b.stop()
+        forget_queue(SYSTEM_REDIS, Settings(SYSTEM_REDIS, secret=second_secret).queue)
 
 
 # -- RabbitMQ as the broker, Redis as the store -----------------------------------
