@@ -211,6 +211,13 @@ def _script(name: str) -> Any:
     return _scripts[name]
 
 
+def _unpicklable(exc: Exception) -> TypeError:
+    return TypeError(
+        f"the result of func cannot be pickled to send it back ({type(exc).__name__}: "
+        f"{exc}); return plain data (numbers, strings, lists, dicts, arrays, frames)"
+    )
+
+
 def _finish(
     keys: CallKeys,
     guard: str,
@@ -224,10 +231,7 @@ def _finish(
     try:
         blob = serialization.dumps(_secret(), record)
     except Exception as exc:
-        raise TypeError(
-            f"the result of func cannot be pickled to send it back ({type(exc).__name__}: "
-            f"{exc}); return plain data (numbers, strings, lists, dicts, arrays, frames)"
-        ) from exc
+        raise _unpicklable(exc) from exc
     fix = "use more, smaller chunks (chunks=...) or return less data per chunk"
     store.check_size(blob, "the result of this chunk", fix)
     store.check_size(part, "the result of this chunk", fix)
@@ -284,13 +288,8 @@ def _record_blob(record: tuple[Any, ...]) -> bytes:
         return serialization.dumps(_secret(), record)
     except Exception as exc:
         index, _, _, meta = record
-        problem = TypeError(
-            f"the result of func cannot be pickled to send it back ({type(exc).__name__}: "
-            f"{exc}); return plain data (numbers, strings, lists, dicts, arrays, frames)"
-        )
-        return serialization.dumps(
-            _secret(), (index, ERROR, failure_of(problem, meta["worker"]), meta)
-        )
+        failure = failure_of(_unpicklable(exc), meta["worker"])
+        return serialization.dumps(_secret(), (index, ERROR, failure, meta))
 
 
 def _chunk(keys: CallKeys, index: int, blob: bytes | None, shm: ShmStore | None) -> Any:
@@ -380,27 +379,24 @@ def run_chunks(self: Task, call: str, slot: int, opts: dict[str, Any]) -> int:
                 )
             return taken
         taken, prev, started = taken + 1, str(index), time.perf_counter()
-        meta = {"worker": worker, "pid": os.getpid(), "seconds": 0.0}
         try:
             if tries > opts["attempts"] or job_blob is None:
-                outcome: tuple[Any, ...] = (
-                    index, ERROR, _died(tries, job_blob is not None, worker), meta
-                )  # fmt: skip
+                died = _died(tries, job_blob is not None, worker)
+                outcome: tuple[Any, ...] = (index, ERROR, died, _meta(self, started))
             else:
                 func, _, extra, kwargs = _load_job(call, job_blob, worker)
                 chunk = _chunk(keys, index, chunk_blob, shm)
                 del chunk_blob
                 value = _compute(func, chunk, extra, kwargs, opts)
                 del chunk
-                meta["seconds"] = time.perf_counter() - started
-                outcome = (index, OK, value, meta)
+                outcome = (index, OK, value, _meta(self, started))
                 del value
             record, parked = _output(keys, outcome, shm)
             del outcome
         except Exception as exc:
-            meta["seconds"] = time.perf_counter() - started
             failure = failure_of(_timeout_error(exc, opts), worker)
-            record, parked = serialization.dumps(_secret(), (index, ERROR, failure, meta)), b""
+            record = serialization.dumps(_secret(), (index, ERROR, failure, _meta(self, started)))
+            parked = b""
 
 
 def _report(keys: CallKeys, index: int, exc: BaseException, worker: str, meta: Any) -> None:
