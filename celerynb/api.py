@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import html
 import math
 import statistics
@@ -196,7 +195,9 @@ class MapFuture:
             try:
                 # arrays and frames of some size go through shm; small data inline
                 big = self._size * plan.items(i) >= store.INLINE * self.n_items
-                size = self._put_file(i) if shm is not None and big else None
+                size = None
+                if shm is not None and big:
+                    size = shm.put_if_room(self.keys.chunk_file(i), plan.take(i))
                 blob = b"" if size is not None else serialization.dumps(secret, plan.take(i))
                 buffered += size or 0
             except Exception as exc:
@@ -225,16 +226,6 @@ class MapFuture:
         self._flush(pipe, queued, last=True)
         if publish:
             self._publish(len(indices))
-
-    def _put_file(self, index: int) -> int | None:
-        """Put chunk ``index`` in an shm file; its size, or None if shm is full."""
-        assert self._shm is not None and self.plan is not None
-        try:
-            return self._shm.put(self.keys.chunk_file(index), self.plan.take(index))
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
-            return None
 
     def _flush(self, pipe: Any, queued: list[int], last: bool = False) -> None:
         if self.reduce is None:

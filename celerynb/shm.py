@@ -196,6 +196,15 @@ class ShmStore:
             raise
         return end
 
+    def put_if_room(self, name: str, obj: Any) -> int | None:
+        """``put``, or None (nothing stored) if the tmpfs is full."""
+        try:
+            return self.put(name, obj)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            return None
+
     def get(self, name: str) -> Any:
         """Load the object stored as ``name``; its large buffers map the file, uncopied."""
         path = self._path(name)

@@ -7,7 +7,6 @@ CLI, ``celery -A celerynb.worker worker`` and the ``CELERYNB_*`` variables set.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import pickle
@@ -310,13 +309,9 @@ def _output(keys: CallKeys, record: tuple[Any, ...], shm: ShmStore | None) -> tu
     waits in a key; the driver gets a small ``REF`` record for either.
     """
     index, status, value, meta = record
-    if shm is not None and status == OK and nbytes(value) >= store.INLINE:
-        try:
-            shm.put(keys.result_file(index), value)
-            return serialization.dumps(_secret(), (index, REF, None, {**meta, "shm": True})), b""
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
+    big = status == OK and nbytes(value) >= store.INLINE
+    if shm is not None and big and shm.put_if_room(keys.result_file(index), value) is not None:
+        return serialization.dumps(_secret(), (index, REF, None, {**meta, "shm": True})), b""
     blob = _record_blob(record)
     if len(blob) <= store.INLINE:
         return blob, b""
