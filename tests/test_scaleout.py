@@ -31,6 +31,7 @@ import pandas as pd
 import pytest
 import redis
 from kombu.connection import Connection
+from support import forget_queue
 
 import celerynb
 from celerynb.app import Settings
@@ -200,6 +201,7 @@ def delete_broker_state(settings: Settings) -> None:
         if stale:
             client.zrem("_kombu.binding_deadlines", *stale)
         client.close()
+        forget_queue(settings.broker_url, queue)  # and its stopped workers' unacked deliveries
 
 
 @dataclass
