@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 import celerynb
-from celerynb.app import Settings
-from celerynb.serialization import new_secret
+from celerynb.plane.codec import new_secret
+from celerynb.settings import Settings
 
 
 def score_rows(chunk: pd.DataFrame) -> pd.Series:

@@ -6,12 +6,64 @@
 
 from __future__ import annotations
 
-from .api import MapFuture, cmap, cmap_async
-from .chunking import join
-from .cluster import Cluster, LocalCluster, connect, current
-from .errors import CancelledError, CelerynbError, ChunkError, ClusterError
-
 __version__ = "0.1.0"
+
+import importlib
+from typing import TYPE_CHECKING
+
+from .join import join  # light; and a submodule of the same name must not shadow it
+
+# Public names and the modules that define them, imported on first use: a
+# worker process imports only what it runs, not the driver's side.
+_PUBLIC = {
+    "cmap": "api",
+    "cmap_async": "api",
+    "Cluster": "cluster",
+    "LocalCluster": "cluster",
+    "as_current": "cluster",
+    "connect": "cluster",
+    "current": "cluster",
+    "default_cluster": "cluster",
+    "CancelledError": "errors",
+    "CelerynbError": "errors",
+    "ChunkError": "errors",
+    "ChunkInfo": "errors",
+    "ClusterError": "errors",
+    "PayloadTooLarge": "errors",
+    "SignatureError": "errors",
+    "VersionMismatch": "errors",
+    "MapFuture": "future",
+    "CallOptions": "options",
+}
+
+if TYPE_CHECKING:
+    from .api import cmap, cmap_async
+    from .cluster import Cluster, LocalCluster, as_current, connect, current, default_cluster
+    from .errors import (
+        CancelledError,
+        CelerynbError,
+        ChunkError,
+        ChunkInfo,
+        ClusterError,
+        PayloadTooLarge,
+        SignatureError,
+        VersionMismatch,
+    )
+    from .future import MapFuture
+    from .options import CallOptions
+
+
+def __getattr__(name: str) -> object:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'celerynb' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
 
 
 def load_ipython_extension(ipython: object) -> None:
@@ -29,17 +81,24 @@ def unload_ipython_extension(ipython: object) -> None:
 
 
 __all__ = [
+    "CallOptions",
     "CancelledError",
     "CelerynbError",
     "ChunkError",
+    "ChunkInfo",
     "Cluster",
     "ClusterError",
     "LocalCluster",
     "MapFuture",
+    "PayloadTooLarge",
+    "SignatureError",
+    "VersionMismatch",
     "__version__",
+    "as_current",
     "cmap",
     "cmap_async",
     "connect",
     "current",
+    "default_cluster",
     "join",
 ]

@@ -7,10 +7,9 @@ import os
 import socket
 import sys
 import textwrap
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
-from .app import ENV_BACKEND, ENV_BROKER, ENV_QUEUE, ENV_SECRET, Settings, mask_url
+from .settings import ENV_BACKEND, ENV_BROKER, ENV_QUEUE, ENV_SECRET, Settings, mask_url
 
 CONNECT_TIMEOUT = 4.0  # seconds the broker and the store get to answer before we give up
 EXIT_CONFIG = 2  # bad or missing settings
@@ -68,7 +67,7 @@ def check_reachable(settings: Settings, timeout: float = CONNECT_TIMEOUT) -> Non
     """Raise WorkerConfigError (naming the masked URL) unless broker and store answer."""
     from kombu.connection import Connection
 
-    from . import store
+    from . import plane
 
     targets = [("result backend", settings.backend_url)]
     if settings.broker_url != settings.backend_url:
@@ -76,7 +75,7 @@ def check_reachable(settings: Settings, timeout: float = CONNECT_TIMEOUT) -> Non
     for what, url in targets:
         try:
             if url.startswith(("redis://", "rediss://", "unix://")):
-                client = store.connect(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+                client = plane.connect(url, socket_connect_timeout=timeout, socket_timeout=timeout)
                 try:
                     client.ping()
                 finally:
@@ -96,10 +95,10 @@ def check_reachable(settings: Settings, timeout: float = CONNECT_TIMEOUT) -> Non
             ) from None
 
 
-def _announce_ready(settings: Settings) -> Any:
+def _announce_ready(settings: Settings) -> Callable[..., None]:
     """A worker_ready handler that says, in one line on stderr, where the worker listens."""
 
-    def ready(sender: Any = None, **_: Any) -> None:
+    def ready(sender: object = None, **_: object) -> None:
         name = getattr(sender, "hostname", "") or "worker"
         print(
             f"celerynb worker {name} ready: queue {settings.queue!r}, "
@@ -123,7 +122,7 @@ def _worker(args: argparse.Namespace, extra: list[str]) -> int:
     from celery import signals
 
     from . import worker
-    from .ready import freeze_before_fork
+    from .worker.embedded import freeze_before_fork
 
     if worker.settings is None:  # pragma: no cover - the environment was just set
         print(f"celerynb worker: error: {worker._config_error}", file=sys.stderr)

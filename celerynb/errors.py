@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import linecache
+import pickle
 import re
+import traceback
 import types
 from dataclasses import dataclass, replace
-from typing import Any
+
+import cloudpickle
 
 
 class CelerynbError(Exception):
@@ -17,12 +21,24 @@ class ClusterError(CelerynbError):
     """A cluster could not be started, reached or used."""
 
 
-class CancelledError(CelerynbError):
+class CancelledError(CelerynbError, concurrent.futures.CancelledError):
     """The call was cancelled before it finished."""
 
     def _render_traceback_(self) -> list[str]:
         """IPython hook: a cancelled call needs one line, not a traceback."""
         return [f"CancelledError: {self}"]
+
+
+class PayloadTooLarge(CelerynbError, ValueError):
+    """A chunk, a result or the function is larger than the store accepts."""
+
+
+class SignatureError(CelerynbError, ValueError):
+    """A payload was unsigned, truncated or signed with another secret."""
+
+
+class VersionMismatch(CelerynbError, ValueError):
+    """The client that pickled a job runs versions a worker cannot load it with."""
 
 
 @dataclass(frozen=True)
@@ -33,8 +49,8 @@ class ChunkInfo:
     n_chunks: int
     start: int
     stop: int
-    first_label: Any = None
-    last_label: Any = None
+    first_label: object = None
+    last_label: object = None
     has_labels: bool = False
     unit: str = "positions"  # or "groups" for a groupby
 
@@ -55,6 +71,29 @@ class RemoteFailure:
     traceback: str
     exception: BaseException | None = None
     worker: str = ""
+
+
+def failure_of(exc: BaseException, worker: str) -> RemoteFailure:
+    """A picklable description of ``exc``, with the task's own frames dropped."""
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    try:
+        pickle.loads(cloudpickle.dumps(exc))
+        original: BaseException | None = exc
+    except Exception:
+        original = None
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<unprintable {type(exc).__name__}>"
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        message = (
+            f"{message} (the worker {worker} cannot import {exc.name!r}: "
+            f"install it where the workers run)"
+        )
+    return RemoteFailure(type(exc).__qualname__, message, text, original, worker)
 
 
 class RemoteTraceback(Exception):
@@ -95,7 +134,7 @@ class ChunkError(CelerynbError):
 
     @classmethod
     def build(
-        cls, failure: RemoteFailure, chunk: ChunkInfo | None, what: str = "", *funcs: Any
+        cls, failure: RemoteFailure, chunk: ChunkInfo | None, what: str = "", *funcs: object
     ) -> ChunkError:
         """A ChunkError for ``failure`` that is also an instance of the original type.
 
@@ -139,11 +178,11 @@ class ChunkError(CelerynbError):
 _DYNAMIC = re.compile(r'^(\s*)File "<dynamic-code>", line (\d+), in (\S+)$')
 
 
-def _codes(root: Any, depth: int = 3) -> list[types.CodeType]:
+def _codes(root: object, depth: int = 3) -> list[types.CodeType]:
     """Code objects of ``root`` and of the functions it calls by global name."""
     found: list[types.CodeType] = []
     seen: set[int] = set()
-    todo: list[tuple[Any, int]] = [(root, depth)]
+    todo: list[tuple[object, int]] = [(root, depth)]
     while todo:
         obj, left = todo.pop()
         code = getattr(obj, "__code__", None)
@@ -161,7 +200,7 @@ def _codes(root: Any, depth: int = 3) -> list[types.CodeType]:
     return found
 
 
-def localize_traceback(text: str, *funcs: Any) -> str:
+def localize_traceback(text: str, *funcs: object) -> str:
     """Put back file names and source lines that pickling by value removed.
 
     Functions shipped by value run on the worker as ``<dynamic-code>``; the

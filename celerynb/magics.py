@@ -13,48 +13,38 @@
 
 from __future__ import annotations
 
-import shlex
-from typing import Any
+import argparse
+from typing import TYPE_CHECKING
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from . import celery_compat
+from .plane.keys import PREFIX
+from .settings import mask_url
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
 
 USAGE = "usage: %celerynb status | start [-n N] | stop | restart | connect URL"
+COMMANDS = ("status", "start", "stop", "restart", "connect")
 
 #: embedded clusters started by the magics (stopped by %unload_ext)
-_started: list[Any] = []
+_started: list[Cluster] = []
 
 
-def _usage(problem: str) -> UsageError:
-    return UsageError(f"{problem}\n{USAGE}")
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"-n wants a positive integer, got {text!r}")
+    return value
 
 
-def _parse_start(args: list[str]) -> int | None:
-    """``[-n N]`` -> N (None: one per core)."""
-    n: int | None = None
-    rest = list(args)
-    while rest:
-        arg = rest.pop(0)
-        if arg in ("-n", "--n-workers"):
-            if not rest:
-                raise _usage(f"{arg} needs a number")
-            value = rest.pop(0)
-        elif arg.startswith("-n") and len(arg) > 2:
-            value = arg[2:]
-        elif arg.startswith("--n-workers="):
-            value = arg.split("=", 1)[1]
-        else:
-            raise _usage(f"unexpected argument {arg!r} for start")
-        try:
-            n = int(value)
-        except ValueError:
-            raise _usage(f"-n wants a positive integer, got {value!r}") from None
-        if n < 1:
-            raise _usage(f"-n wants a positive integer, got {value!r}")
-    return n
-
-
-def _queued(cluster: Any) -> int | None:
+def _queued(cluster: Cluster) -> int | None:
     """Messages waiting in the cluster's queue on the broker (None if it cannot tell)."""
     settings = cluster.settings
     try:
@@ -63,8 +53,7 @@ def _queued(cluster: Any) -> int | None:
 
             same = settings.broker_url == settings.backend_url
             client = cluster.redis if same else redis.Redis.from_url(settings.broker_url)
-            # kombu's Redis transport keeps one list per priority step
-            names = [settings.queue] + [f"{settings.queue}\x06\x16{p}" for p in (3, 6, 9)]
+            names = celery_compat.queue_lists(settings.queue)
             try:
                 pipe = client.pipeline(transaction=False)
                 for name in names:
@@ -80,12 +69,10 @@ def _queued(cluster: Any) -> int | None:
         return None
 
 
-def _running(cluster: Any) -> int | None:
+def _running(cluster: Cluster) -> int | None:
     """Chunks that workers are running now, over every call on this store."""
-    from . import store
-
     try:
-        keys = list(cluster.redis.scan_iter(match=f"{store.PREFIX}{{*}}:running", count=1000))
+        keys = list(cluster.redis.scan_iter(match=f"{PREFIX}{{*}}:running", count=1000))
         if not keys:
             return 0
         pipe = cluster.redis.pipeline(transaction=False)
@@ -96,10 +83,8 @@ def _running(cluster: Any) -> int | None:
         return None
 
 
-def status_text(cluster: Any) -> str:
+def status_text(cluster: Cluster | None) -> str:
     """The ``%celerynb status`` report of ``cluster`` (None: no cluster yet)."""
-    from .app import mask_url
-
     if cluster is None:
         return (
             "celerynb: no cluster yet; the first cmap starts an embedded one "
@@ -137,47 +122,43 @@ def status_text(cluster: Any) -> str:
 class CelerynbMagics(Magics):
     """The ``%celerynb`` line magic."""
 
+    @magic_arguments()
+    @argument("command", choices=COMMANDS, help="what to do")
+    @argument("url", nargs="?", help="the broker URL (connect)")
+    @argument("-n", "--n-workers", type=_positive, help="pool processes (start; default: cores)")
     @line_magic
     def celerynb(self, line: str = "") -> None:
-        """Manage the cluster celerynb uses.
-
-        ``%celerynb status | start [-n N] | stop | restart | connect URL``
-        """
+        """Manage the cluster: status | start [-n N] | stop | restart | connect URL."""
         try:
-            args = shlex.split(line)
-        except ValueError as exc:
-            raise _usage(str(exc)) from None
-        if not args:
-            raise _usage("a subcommand is needed")
-        command, rest = args[0], args[1:]
-        if command == "start":
-            self._start(_parse_start(rest))
-            return
-        if command == "connect":
-            if len(rest) != 1:
-                raise _usage("connect takes one broker URL")
-            self._connect(rest[0])
-            return
-        if command not in ("status", "stop", "restart"):
-            raise _usage(f"unknown subcommand {command!r}")
-        if rest:
-            raise _usage(f"{command} takes no arguments, got {' '.join(rest)!r}")
-        if command == "status":
+            args = parse_argstring(self.celerynb, line)
+        except (UsageError, ValueError) as exc:
+            raise UsageError(f"{str(exc).strip()}\n{USAGE}") from None
+        if args.url is not None and args.command != "connect":
+            raise UsageError(f"{args.command} takes no arguments, got {args.url!r}\n{USAGE}")
+        if args.n_workers is not None and args.command != "start":
+            raise UsageError(f"-n goes with start only\n{USAGE}")
+        if args.command == "connect" and args.url is None:
+            raise UsageError(f"connect takes one broker URL\n{USAGE}")
+        if args.command == "status":
             from .cluster import current
 
-            print(status_text(current(start=False)))
-        elif command == "stop":
+            print(status_text(current()))
+        elif args.command == "start":
+            self._start(args.n_workers)
+        elif args.command == "stop":
             self._stop()
-        else:
+        elif args.command == "restart":
             self._restart()
+        else:
+            self._connect(args.url)
 
-    # -- subcommands -------------------------------------------------------------
+    # -- subcommands -------------------------------------------------------------------------------
     @staticmethod
     def _start(n_workers: int | None) -> None:
         from .cluster import LocalCluster, current
         from .errors import ClusterError
 
-        existing = current(start=False)
+        existing = current()
         if existing is not None:
             print(f"celerynb: already using {existing!r}; %celerynb restart replaces it")
             return
@@ -192,7 +173,7 @@ class CelerynbMagics(Magics):
     def _stop() -> None:
         from .cluster import current
 
-        cluster = current(start=False)
+        cluster = current()
         if cluster is None:
             print("celerynb: no cluster to stop")
             return
@@ -202,11 +183,11 @@ class CelerynbMagics(Magics):
         print(f"celerynb: {what} {cluster!r}")
 
     def _restart(self) -> None:
-        from .cluster import connect, current
+        from .cluster import LocalCluster, connect, current
 
-        cluster = current(start=False)
-        if cluster is None or cluster.kind == "local":
-            n = getattr(cluster, "concurrency", None)
+        cluster = current()
+        if cluster is None or isinstance(cluster, LocalCluster):
+            n = cluster.concurrency if isinstance(cluster, LocalCluster) else None
             if cluster is not None:
                 self._stop()
             self._start(n)
@@ -223,7 +204,7 @@ class CelerynbMagics(Magics):
         from .cluster import connect, current
         from .errors import ClusterError
 
-        previous = current(start=False)
+        previous = current()
         try:
             cluster = connect(url)
         except ClusterError as exc:
@@ -235,16 +216,16 @@ class CelerynbMagics(Magics):
         print(f"celerynb: connected: {cluster!r}")
 
 
-def _forget(cluster: Any) -> None:
+def _forget(cluster: Cluster) -> None:
     _started[:] = [c for c in _started if c is not cluster]
 
 
-def load_ipython_extension(ipython: Any) -> None:
+def load_ipython_extension(ipython: object) -> None:
     """Register the magics; nothing is started."""
-    ipython.register_magics(CelerynbMagics)
+    ipython.register_magics(CelerynbMagics)  # type: ignore[attr-defined]
 
 
-def unload_ipython_extension(ipython: Any) -> None:
+def unload_ipython_extension(ipython: object) -> None:
     """Stop the embedded clusters the magics started."""
     while _started:
         _started.pop().close()

@@ -10,8 +10,8 @@ import pytest
 from support import SYSTEM_REDIS, WorkerProcess, forget_queue, system_redis_available
 
 import celerynb
-from celerynb.app import Settings
-from celerynb.serialization import new_secret
+from celerynb.plane.codec import new_secret
+from celerynb.settings import Settings
 
 # fixture notebooks that tests run in subprocesses; not collected on their own
 collect_ignore_glob = ["notebooks/*.ipynb"]

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 import celerynb
-from celerynb import store
-from celerynb.api import TARGET_CHUNK_SECONDS
-from celerynb.store import CallKeys
+from celerynb import plane as store
+from celerynb.plane.keys import CallKeys
+from celerynb.planning import TARGET_CHUNK_SECONDS
 
 
 def _slow_ids(xs: list[int]) -> list[tuple[int, int]]:
@@ -43,7 +43,7 @@ def test_few_task_messages_for_many_chunks(cluster: celerynb.LocalCluster) -> No
         progress=False,
     )  # fmt: skip
     assert future.result(timeout=120) == list(range(1, 1001))
-    assert future._slots == cluster.n_workers  # one draining task per pool process
+    assert future._runner._slots == cluster.n_workers  # one draining task per pool process
     assert set(future.workers) != {None}
 
 
@@ -68,7 +68,7 @@ def test_big_results_wait_in_keys_on_a_remote_store(remote: celerynb.Cluster) ->
         progress=False,
     )  # fmt: skip
     assert future.result(timeout=60) == [b"x" * big] * 6
-    keys = CallKeys(future.call)
+    keys = CallKeys(future.id)
     assert not remote.redis.keys(keys.base.replace("{", "[{]") + "*")
 
 
@@ -113,17 +113,17 @@ def test_frames_travel_through_shared_memory(
     )  # fmt: skip
     try:
         files = sorted(os.listdir(cluster.shm.directory))
-        keys = CallKeys(future.call)
+        keys = CallKeys(future.id)
         wanted = sorted(keys.chunk_file(i) for i in range(8))
-        assert [f for f in files if f.startswith(future.call)] == wanted, files
+        assert [f for f in files if f.startswith(future.id)] == wanted, files
         marks = [cluster.redis.get(keys.chunk(i)) for i in range(8)]
-        assert marks == [b""] * 8, marks  # the keys only mark the chunks live
+        assert marks == [store.SHM_MARKER] * 8, marks  # the keys only mark the chunks live
     finally:
         gate.touch()
     out = future.result(timeout=60)
     pd.testing.assert_frame_equal(out, frame * 2)
     out.iloc[0, 0] = -1.0  # the joined result is the caller's own, writable
-    assert not [f for f in os.listdir(cluster.shm.directory) if f.startswith(future.call)]
+    assert not [f for f in os.listdir(cluster.shm.directory) if f.startswith(future.id)]
 
 
 def test_one_chunk_result_from_shared_memory_is_writable(cluster: celerynb.LocalCluster) -> None:
@@ -147,12 +147,12 @@ def test_adaptive_chunks_follow_the_probes(cluster: celerynb.LocalCluster) -> No
     )
     assert cheap.result(timeout=60) == list(range(1, 200_001))
     assert cheap.n_chunks <= 2 * n + 2, cheap.n_chunks
-    assert cheap._slots == n
+    assert cheap._runner._slots == n
     slow = celerynb.cmap_async(_sleepy, list(range(600)), cluster=cluster, progress=False)
     assert slow.result(timeout=60) == [x * 3 for x in range(600)]
-    assert slow._slots == n
-    assert slow.plan is not None
-    sizes = [slow.plan.items(i) for i in range(n, slow.n_chunks)]  # after the probes
+    assert slow._runner._slots == n
+    assert slow._call.plan is not None
+    sizes = [slow._call.plan.items(i) for i in range(n, slow.n_chunks)]  # after the probes
     assert len(sizes) > 2 * n, sizes  # 2.4 s of work: many chunks
     assert sizes == sorted(sizes, reverse=True), sizes
     # none much shorter than TARGET_CHUNK_SECONDS but the last (the rest, merged)
@@ -203,5 +203,5 @@ def test_big_call_starts_before_all_is_stored(cluster: celerynb.LocalCluster) ->
     frame = pd.DataFrame(np.random.default_rng(0).random((2_000_000, 2)))  # 32 MB, 32 chunks
     future = celerynb.cmap_async(lambda f: f * 2, frame, chunks=32, cluster=cluster, progress=False)
     pd.testing.assert_frame_equal(future.result(timeout=60), frame * 2)
-    assert future._slots == cluster.n_workers
-    assert not cluster.redis.exists(CallKeys(future.call).open)
+    assert future._runner._slots == cluster.n_workers
+    assert not cluster.redis.exists(CallKeys(future.id).open)

@@ -214,7 +214,7 @@ def test_chunkings_agree(cluster: celerynb.LocalCluster, chunking: dict[str, int
 
 def assert_plan_covers(future: celerynb.MapFuture, grouped: Any) -> None:
     """The chunks hold every grouped row once, whole groups each, in group order."""
-    plan = future.plan
+    plan = future._call.plan
     assert future.n_chunks == len(plan.rows) == len(plan.groups)
     rows = np.concatenate(plan.rows)
     numbers = grouped.ngroup().to_numpy()
@@ -238,13 +238,13 @@ def test_huge_group_is_its_own_chunk(cluster: celerynb.LocalCluster) -> None:
     future = celerynb.cmap_async(total, grouped, cluster=cluster, progress=False)
     assert_plan_covers(future, grouped)
     big = np.flatnonzero(df["k"].to_numpy() == 100)
-    holding = [i for i, r in enumerate(future.plan.rows) if np.isin(big, r).any()]
+    holding = [i for i, r in enumerate(future._call.plan.rows) if np.isin(big, r).any()]
     assert len(holding) == 1, "the huge group was split"
     (i,) = holding
-    assert future.plan.rows[i].tolist() == big.tolist(), "the huge group shares its chunk"
-    start, stop = future.plan.groups[i]
+    assert future._call.plan.rows[i].tolist() == big.tolist(), "the huge group shares its chunk"
+    start, stop = future._call.plan.groups[i]
     assert stop - start == 1
-    assert future.plan.labels[i] == (100, 100)
+    assert future._call.plan.labels[i] == (100, 100)
     assert future.n_chunks > 2  # the other groups are still spread over chunks
     assert_same(future.result(timeout=BOUND), grouped.apply(total))
 
@@ -264,7 +264,7 @@ def test_many_tiny_groups_are_batched(cluster: celerynb.LocalCluster) -> None:
     default = 4 * cluster.n_workers
     # about the default chunk count (its exact value is test_chunks_override's business)
     assert default // 2 <= future.n_chunks <= 2 * default
-    per_chunk = [stop - start for start, stop in future.plan.groups]
+    per_chunk = [stop - start for start, stop in future._call.plan.groups]
     # (the last chunk may hold only what is left over: see test_chunks_override)
     assert min(per_chunk[:-1]) >= n_groups // (2 * default), per_chunk
     assert_same(future.result(timeout=BOUND), grouped.apply(centred))
@@ -286,7 +286,7 @@ def test_more_chunks_than_groups_is_capped(cluster: celerynb.LocalCluster) -> No
     grouped = frame().groupby("k")  # 5 groups
     future = celerynb.cmap_async(total, grouped, chunks=1000, cluster=cluster, progress=False)
     assert future.n_chunks == grouped.ngroups
-    assert [stop - start for start, stop in future.plan.groups] == [1] * grouped.ngroups
+    assert [stop - start for start, stop in future._call.plan.groups] == [1] * grouped.ngroups
     assert_same(future.result(timeout=BOUND), grouped.apply(total))
 
 

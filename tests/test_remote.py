@@ -21,8 +21,8 @@ import redis
 from support import SYSTEM_REDIS, WorkerProcess, forget_queue, system_redis_available
 
 import celerynb
-from celerynb.app import Settings
-from celerynb.serialization import key_id, new_secret
+from celerynb.plane.codec import key_id, new_secret
+from celerynb.settings import Settings
 
 BOUND = 15.0  # generous "does not hang" bound
 RABBITMQ = os.environ.get("CELERYNB_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
@@ -232,7 +232,7 @@ def test_rabbitmq_broker(tmp_path: Path) -> None:
 
 
 def test_connect_to_unreachable_redis_fails_fast_and_masks_password() -> None:
-    before = celerynb.current(start=False)
+    before = celerynb.current()
     started = time.monotonic()
     with pytest.raises(celerynb.ClusterError) as info:
         celerynb.connect("redis://:hunter2-pw@127.0.0.1:1/0", secret="s")
@@ -240,7 +240,7 @@ def test_connect_to_unreachable_redis_fails_fast_and_masks_password() -> None:
     msg = str(info.value)
     assert "redis://:***@127.0.0.1:1/0" in msg
     assert "hunter2-pw" not in msg and "hunter2-pw" not in repr(info.value)
-    assert celerynb.current(start=False) is before  # a failed connect changes nothing
+    assert celerynb.current() is before  # a failed connect changes nothing
 
 
 def test_connect_to_unreachable_amqp_broker_masks_password() -> None:

@@ -34,9 +34,10 @@ from kombu.connection import Connection
 from support import forget_queue
 
 import celerynb
-from celerynb.app import Settings
 from celerynb.errors import ChunkError, ClusterError
-from celerynb.serialization import new_secret
+from celerynb.plane.codec import new_secret
+from celerynb.plane.keys import CallKeys
+from celerynb.settings import Settings
 
 REDIS = os.environ.get("CELERYNB_TEST_REDIS", "redis://127.0.0.1:6379/0")
 AMQP = os.environ.get("CELERYNB_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
@@ -69,7 +70,7 @@ BROKERS = [
 
 
 def _free_port() -> int:
-    from celerynb._proc import free_port
+    from celerynb.cluster.procs import free_port
 
     return free_port()
 
@@ -473,10 +474,12 @@ def test_big_chunk_travels_in_the_store_not_in_the_message(tmp_path: Path, broke
             future = celerynb.cmap_async(np.sum, data, chunks=1, cluster=d.client, progress=False)
             try:
                 sizes += _queued_bodies(d.settings)
-                stored.append(d.client.redis.strlen(future.keys.chunk(0)))
+                stored.append(d.client.redis.strlen(CallKeys(future.id).chunk(0)))
             finally:
                 future.cancel()
-            assert not d.client.redis.exists(future.keys.chunk(0)), "cancel deletes the keys"
+            assert not d.client.redis.exists(CallKeys(future.id).chunk(0)), (
+                "cancel deletes the keys"
+            )
             _purge(d.settings)
         assert len(sizes) == 2 and sizes[0] == sizes[1] < 4096, sizes
         assert stored[1] >= 50 * 2**20 > stored[0], stored
@@ -536,8 +539,8 @@ def test_local_module_is_shipped_automatically(
 
 def test_local_modules_are_found_through_wrappers(client_only_module: Any) -> None:
     """Closures, partials, methods and celerynb's own wrappers lead to the local module."""
-    shipping = importlib.import_module("celerynb.shipping")
-    from celerynb.chunking import GroupApply
+    shipping = importlib.import_module("celerynb.plane.codec")
+    from celerynb.groupby import GroupApply
 
     helper = client_only_module
     for root in (
@@ -597,7 +600,7 @@ def test_version_mismatch_fails_clearly_on_first_call(
     deploy: dict[str, list[Deployment]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The client claims Python 3.99: the worker refuses the job before unpickling it."""
-    shipping = importlib.import_module("celerynb.shipping")
+    shipping = importlib.import_module("celerynb.plane.codec")
     d = deploy["redis"][0]
     real = shipping.versions()
     monkeypatch.setattr(shipping, "versions", lambda: {**real, "python": "3.99.0"})
@@ -649,7 +652,7 @@ def private_redis(tmp: Path, bind: str) -> Iterator[str]:
     """A password-protected redis-server of this test, bound to ``bind`` only; yields its URL."""
     server = shutil.which("redis-server")
     if server is None:
-        from celerynb.cluster import find_redis_server
+        from celerynb.cluster.procs import find_redis_server
 
         server = find_redis_server()
     password, port = new_secret(), _free_port()

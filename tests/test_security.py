@@ -24,9 +24,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import celerynb
-from celerynb import serialization
-from celerynb.app import RUN_CHUNK, Settings
-from celerynb.serialization import SignatureError
+from celerynb.errors import SignatureError
+from celerynb.plane import codec as serialization
+from celerynb.plane.keys import CallKeys
+from celerynb.settings import RUN_CHUNKS, Settings
 
 BOUND = 15.0  # generous "does not hang" bound
 
@@ -64,7 +65,7 @@ def kombu_envelope(body: bytes, content_type: str, queue: str) -> str:
             "content-type": content_type,
             "headers": {
                 "lang": "py",
-                "task": RUN_CHUNK,
+                "task": RUN_CHUNKS,
                 "id": tid,
                 "shadow": None,
                 "eta": None,
@@ -193,9 +194,11 @@ def test_forged_func_and_chunk_keys_are_refused_by_the_worker(
                                  progress=False)  # fmt: skip
     r = cluster.redis
     func_file, chunk_file = tmp_path / "pwned-func", tmp_path / "pwned-chunk"
-    replaced_func = r.set(victim.keys.func, evil_pickle(func_file), xx=True)
+    replaced_func = r.set(CallKeys(victim.id).func, evil_pickle(func_file), xx=True)
     replaced_chunk = r.set(
-        victim.keys.chunk(0), serialization.MAGIC + bytes(32) + evil_pickle(chunk_file), xx=True
+        CallKeys(victim.id).chunk(0),
+        serialization.MAGIC + bytes(32) + evil_pickle(chunk_file),
+        xx=True,
     )
     assert replaced_func and replaced_chunk, "the chunk ran before it could be forged"
     with pytest.raises(celerynb.ChunkError) as info:
@@ -215,7 +218,7 @@ def test_forged_result_record_is_never_unpickled_by_the_driver(
 
     target = tmp_path / "pwned-driver"
     future = celerynb.cmap_async(hold, [1, 2], chunks=2, cluster=cluster, progress=False)
-    cluster.redis.rpush(future.keys.done, evil_pickle(target))
+    cluster.redis.rpush(CallKeys(future.id).done, evil_pickle(target))
     try:
         value = future.result(timeout=BOUND)
     except SignatureError:

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from celerynb.serialization import SignatureError, new_secret
-from celerynb.shm import ShmStore
+from celerynb.errors import SignatureError
+from celerynb.plane.codec import new_secret
+from celerynb.plane.shm import ShmStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -258,7 +259,7 @@ def test_forked_child_does_not_remove_the_directory(store: ShmStore) -> None:
 
 def test_sweep_removes_a_killed_drivers_directory(tmp_path: Path) -> None:
     code = (
-        "import os, sys; from celerynb.shm import ShmStore\n"
+        "import os, sys; from celerynb.plane.shm import ShmStore\n"
         "s = ShmStore.create('k', root=sys.argv[1]); s.put('x', b'data')\n"
         "print(s.directory, flush=True); os.kill(os.getpid(), 9)\n"
     )

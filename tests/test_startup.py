@@ -19,10 +19,10 @@ import pytest
 from support import forget_queue
 
 import celerynb
-from celerynb._proc import ReadyWaiter, die_with_parent
-from celerynb.app import ENV_EMBEDDED, ENV_READY_FD, Settings
-from celerynb.ready import await_redis, ready_pipe
-from celerynb.serialization import new_secret
+from celerynb.cluster.procs import ReadyWaiter, die_with_parent
+from celerynb.plane.codec import new_secret
+from celerynb.settings import ENV_EMBEDDED, ENV_READY_FD, Settings
+from celerynb.worker.embedded import await_redis, ready_pipe
 
 
 def _double(xs: list[int]) -> list[int]:
@@ -111,7 +111,7 @@ def test_await_redis_gives_up_after_its_timeout() -> None:
 
 _FREEZE = """
 import gc
-from celerynb.ready import freeze_before_fork
+from celerynb.worker.embedded import freeze_before_fork
 assert gc.get_freeze_count() == 0
 freeze_before_fork()
 frozen = gc.get_freeze_count()
@@ -148,7 +148,7 @@ def test_embedded_worker_reports_its_pool_and_then_ready(
     env[ENV_EMBEDDED], env[ENV_READY_FD] = "1", str(w)
     with open(tmp_path / "worker.log", "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celerynb.ready", "--hostname", "startup-test@here",
+            [sys.executable, "-m", "celerynb.worker.embedded", "--hostname", "startup-test@here",
              "--concurrency", "2"],
             env=env, stdout=log, stderr=subprocess.STDOUT, pass_fds=(w,),
             start_new_session=True, preexec_fn=die_with_parent,

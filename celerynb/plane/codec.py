@@ -1,40 +1,118 @@
-"""How a call's function travels to workers on other machines.
+"""Signed cloudpickle payloads: data, records and the call's job, with matching dump and load.
 
-- The user's own modules (not installed, not in the standard library: a
-  ``helpers.py`` next to the notebook) are pickled by value with the
-  function, because workers run elsewhere and cannot import them.
-- The job carries the client's Python, cloudpickle and celerynb versions in a
-  small header that a worker reads and compares *before* unpickling anything,
-  so a mismatch fails the first call with a clear message.
+Every byte string a driver or worker unpickles is signed with HMAC-SHA256
+under the cluster's shared secret and refused before unpickling if it does
+not verify. Each secret gets its own kombu serializer (``celerynb-<key id>``),
+so one process can talk to several clusters and a worker accepts only
+messages signed with its own secret.
+
+The job (func, reduce, args, kwargs) also carries the client's Python,
+cloudpickle and celerynb versions in a header that a worker compares *before*
+unpickling, and the user's own modules (a ``helpers.py`` next to the
+notebook: not installed, not in the standard library) travel by value.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import hmac
 import importlib.metadata
 import json
 import pickle
+import secrets
 import site
 import struct
 import sys
 import sysconfig
 import threading
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cloudpickle
+from kombu.serialization import register
 
-from . import serialization
+from ..errors import SignatureError, VersionMismatch
 
+MAGIC = b"CNB1"
+_DIGEST = 32
+_HEADER = len(MAGIC) + _DIGEST
 JOB_MAGIC = b"CNBJOB1\n"  # then a 4-byte header length, the JSON versions, the pickle
 _CHECKED = {"python": 2, "cloudpickle": 2, "celerynb": 2}  # leading version parts that must match
-_lock = threading.Lock()
+_registered: set[str] = set()
+_by_value_lock = threading.Lock()
 
 
-class VersionMismatch(ValueError):
-    """The client that pickled a job runs versions this worker cannot load it with."""
+class Job(NamedTuple):
+    """What a call ships once: the function, the reducer and the constant arguments."""
+
+    func: Callable[..., Any]
+    reduce: Callable[[list[Any]], Any] | None
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+# -- signing -------------------------------------------------------------------------------------
+def new_secret() -> str:
+    """A fresh random secret for a cluster."""
+    return secrets.token_urlsafe(32)
+
+
+def key_id(secret: str) -> str:
+    """A short public fingerprint of ``secret`` (safe to show and log)."""
+    return hashlib.sha256(b"celerynb-key-id:" + secret.encode()).hexdigest()[:12]
+
+
+def sign(secret: str, body: bytes) -> bytes:
+    """Prefix ``body`` with a magic tag and its HMAC-SHA256 under ``secret``."""
+    mac = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+    return MAGIC + mac + body
+
+
+def verify(secret: str, blob: bytes | bytearray | memoryview) -> memoryview:
+    """Return the body of a signed ``blob``; raise SignatureError if it does not verify."""
+    view = memoryview(blob)
+    if len(view) < _HEADER or view[: len(MAGIC)] != MAGIC:
+        raise SignatureError(
+            "refused an unsigned celerynb payload: it was not produced by a client "
+            "holding this cluster's secret"
+        )
+    body = view[_HEADER:]
+    mac = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+    if not hmac.compare_digest(mac, bytes(view[len(MAGIC) : _HEADER])):
+        raise SignatureError(
+            "refused a celerynb payload with a bad signature: the sender does not "
+            "share this cluster's secret (check CELERYNB_SECRET on both sides)"
+        )
+    return body
+
+
+def dumps(secret: str, obj: object) -> bytes:
+    """Cloudpickle ``obj`` (protocol 5) and sign it."""
+    return sign(secret, cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def loads(secret: str, blob: bytes | bytearray | memoryview) -> Any:
+    """Verify ``blob`` and unpickle it; nothing is unpickled if the signature fails."""
+    return pickle.loads(verify(secret, blob))
+
+
+def serializer_name(secret: str) -> str:
+    """Register (once) and return the kombu serializer name for ``secret``."""
+    name = f"celerynb-{key_id(secret)}"
+    if name not in _registered:
+        register(
+            name,
+            lambda obj: dumps(secret, obj),
+            lambda blob: loads(secret, blob),
+            content_type=f"application/x-{name}",
+            content_encoding="binary",
+        )
+        _registered.add(name)
+    return name
 
 
 # -- local modules by value ----------------------------------------------------------------------
@@ -67,7 +145,7 @@ def is_local(module: types.ModuleType) -> bool:
     return top not in _installed_names(tuple(sys.path))
 
 
-def _references(func: types.FunctionType) -> list[Any]:
+def _references(func: types.FunctionType) -> list[object]:
     """The globals, closure values and defaults a function's code refers to."""
     names: set[str] = set()
     codes = [func.__code__]
@@ -82,7 +160,7 @@ def _references(func: types.FunctionType) -> list[Any]:
     return refs + list(func.__defaults__ or ()) + list((func.__kwdefaults__ or {}).values())
 
 
-def local_modules(*roots: Any) -> list[types.ModuleType]:
+def local_modules(*roots: object) -> list[types.ModuleType]:
     """Top-level local modules (or packages) that ``roots`` use, directly or indirectly."""
     found: dict[str, types.ModuleType] = {}
     seen: set[int] = set()
@@ -114,7 +192,7 @@ def local_modules(*roots: Any) -> list[types.ModuleType]:
     return list(found.values())
 
 
-def dumps(obj: Any, roots: tuple[Any, ...]) -> bytes:
+def _pickle_with_locals(obj: object, roots: tuple[object, ...]) -> bytes:
     """Cloudpickle ``obj``, with the local modules that ``roots`` use pickled by value.
 
     The registrations last only for this call. If pickling by value fails (a
@@ -123,25 +201,23 @@ def dumps(obj: Any, roots: tuple[Any, ...]) -> bytes:
     registered = set(cloudpickle.list_registry_pickle_by_value())
     modules = [m for m in local_modules(*roots) if m.__name__ not in registered]
     if modules:
-        with _lock:
+        with _by_value_lock:
             for module in modules:
                 cloudpickle.register_pickle_by_value(module)
             try:
-                blob: bytes = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-                return blob
+                return bytes(cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
             except Exception:
                 pass  # by reference below: that works where the workers can import them
             finally:
                 for module in modules:
                     cloudpickle.unregister_pickle_by_value(module)
-    blob = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return blob
+    return bytes(cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-# -- versions --------------------------------------------------------------------------------------
+# -- the job -------------------------------------------------------------------------------------
 def versions() -> dict[str, str]:
     """The versions a pickled function depends on, on this side."""
-    from . import __version__
+    from .. import __version__
 
     return {
         "python": "{}.{}.{}".format(*sys.version_info[:3]),
@@ -154,20 +230,24 @@ def _describe(v: dict[str, str]) -> str:
     return ", ".join(f"{k} {v.get(k, '?')}" for k in _CHECKED)
 
 
-def pack_job(job: bytes) -> bytes:
-    """Prefix a pickled job with the client's versions (readable without unpickling)."""
+def dump_job(secret: str, job: Job) -> bytes:
+    """The signed job: versions header, then the pickle (local modules by value).
+
+    Raises whatever pickling raises; :func:`celerynb.api` turns that into a message.
+    """
+    body = _pickle_with_locals(tuple(job), (job.func, job.reduce, *job.args, *job.kwargs.values()))
     header = json.dumps(versions()).encode()
-    return JOB_MAGIC + struct.pack(">I", len(header)) + header + job
+    return sign(secret, JOB_MAGIC + struct.pack(">I", len(header)) + header + body)
 
 
-def load_job(secret: str, blob: bytes | bytearray | memoryview, worker: str = "") -> Any:
+def load_job(secret: str, blob: bytes | bytearray | memoryview, worker: str = "") -> Job:
     """Verify a job's signature, compare the client's versions with ours, then unpickle it.
 
     Python and cloudpickle must match in major.minor, celerynb in major.minor;
     else :class:`VersionMismatch` names both sides' versions. Nothing is
     unpickled before both checks pass.
     """
-    body = serialization.verify(secret, blob)
+    body = verify(secret, blob)
     where = f"worker {worker}" if worker else "the worker"
     ours = versions()
     if bytes(body[: len(JOB_MAGIC)]) != JOB_MAGIC:
@@ -190,4 +270,4 @@ def load_job(secret: str, blob: bytes | bytearray | memoryview, worker: str = ""
             "loaded on the other: install the same Python minor version, cloudpickle and "
             "celerynb on the client and the workers"
         )
-    return pickle.loads(body[start + size :])
+    return Job(*pickle.loads(body[start + size :]))

@@ -1,29 +1,27 @@
-"""The Celery configuration that drivers and workers of one cluster share."""
+"""Where a cluster's broker and store are, the secret it shares, and its Celery app."""
 
 from __future__ import annotations
 
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 from celery import Celery
-from celery.backends.redis import RedisBackend
 
-from . import serialization
-
-RUN_CHUNK = "celerynb.run_chunk"
-RUN_CHUNKS = "celerynb.run_chunks"
-REDUCE = "celerynb.reduce"
+from . import celery_compat
+from .plane import codec
 
 ENV_BROKER = "CELERYNB_BROKER_URL"
 ENV_BACKEND = "CELERYNB_RESULT_BACKEND"
 ENV_SECRET = "CELERYNB_SECRET"
 ENV_QUEUE = "CELERYNB_QUEUE"
 ENV_EMBEDDED = "CELERYNB_EMBEDDED"  # set for the worker of a LocalCluster
-ENV_READY_FD = "CELERYNB_READY_FD"  # where a LocalCluster's worker reports ready (see ready.py)
+ENV_READY_FD = "CELERYNB_READY_FD"  # where a LocalCluster's worker reports ready
 ENV_SHM_DIR = "CELERYNB_SHM_DIR"  # the embedded cluster's shared-memory directory
 ENV_SHM_ROOT = "CELERYNB_SHM_ROOT"  # where the embedded cluster makes it (or "off")
+
+RUN_CHUNKS = "celerynb.run_chunks"  # the draining task: every chunk of every call
+REDUCE = "celerynb.reduce"  # a reduce= call's final task
 
 
 def mask_url(url: str) -> str:
@@ -70,7 +68,7 @@ class Settings:
 
     @property
     def key_id(self) -> str:
-        return serialization.key_id(self.secret)
+        return codec.key_id(self.secret)
 
     @classmethod
     def from_env(cls, **overrides: str | None) -> Settings:
@@ -96,35 +94,15 @@ class Settings:
         }
 
 
-class DriverBackend(RedisBackend):  # type: ignore[misc]
-    """The driver's result backend: Celery's Redis backend minus result waiting.
-
-    A driver reads chunk results from the data plane, never through Celery's
-    result machinery, so it needs no per-task pubsub subscriptions.
-    """
-
-    def __init__(self, app: Celery, url: str | None = None, **kwargs: Any) -> None:
-        super().__init__(app=app, url=url or app.conf.result_backend, **kwargs)
-
-    def on_task_call(self, producer: Any, task_id: str) -> None:
-        pass
-
-    def add_pending_result(self, result: Any, *args: Any, **kwargs: Any) -> Any:
-        return result
-
-    def remove_pending_result(self, result: Any) -> Any:
-        return result
-
-
 def make_app(settings: Settings, main: str = "celerynb", driver: bool = False) -> Celery:
     """A Celery app that signs and accepts only this cluster's payloads.
 
-    ``driver=True`` gives the client side's app (see :class:`DriverBackend`).
+    ``driver=True`` gives the client side's app (it never waits on Celery results).
     """
-    name = serialization.serializer_name(settings.secret)
+    name = codec.serializer_name(settings.secret)
     app = Celery(main, set_as_current=False)
     if driver:
-        app.backend_cls = DriverBackend
+        app.backend_cls = celery_compat.DriverBackend
     app.conf.update(
         broker_url=settings.broker_url,
         result_backend=settings.backend_url,
@@ -141,12 +119,9 @@ def make_app(settings: Settings, main: str = "celerynb", driver: bool = False) -
         result_expires=3600,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=4,
-        # Kombu's emulated acks cost the worker a Redis client per message; an
-        # embedded cluster re-publishes the chunks of a dead worker itself
-        broker_transport_options={
-            "visibility_timeout": 3600,
-            "ack_emulation": os.environ.get(ENV_EMBEDDED) != "1",
-        },
+        broker_transport_options=celery_compat.transport_options(
+            embedded=os.environ.get(ENV_EMBEDDED) == "1"
+        ),
         worker_hijack_root_logger=False,
     )
     return app

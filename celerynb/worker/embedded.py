@@ -1,6 +1,6 @@
 """The embedded cluster's worker: started without Celery's CLI, it reports when it is ready.
 
-``python -m celerynb.ready --hostname NAME --concurrency N`` runs the worker of
+``python -m celerynb.worker.embedded --hostname NAME --concurrency N`` runs the worker of
 a :class:`~celerynb.cluster.LocalCluster` (settings from the ``CELERYNB_*``
 variables). With ``CELERYNB_READY_FD`` set, each pool process writes
 ``child <pid>`` to that file descriptor once initialised, and the main process
@@ -18,10 +18,9 @@ import socket
 import stat
 import sys
 import time
-from typing import Any
 from urllib.parse import urlsplit
 
-from .app import ENV_READY_FD
+from ..settings import ENV_READY_FD
 
 _fd: int | None = None
 
@@ -48,11 +47,11 @@ def ready_pipe(value: str) -> int | None:
         return None
 
 
-def _child_ready(**_: Any) -> None:
+def _child_ready(**_: object) -> None:
     _report(f"child {os.getpid()}")
 
 
-def _worker_ready(sender: Any = None, **_: Any) -> None:
+def _worker_ready(sender: object = None, **_: object) -> None:
     _report(f"ready {getattr(sender, 'hostname', '')}")
 
 
@@ -74,7 +73,7 @@ def await_redis(url: str, timeout: float = 10.0) -> None:
             time.sleep(0.005)
 
 
-def freeze_before_fork(**_: Any) -> None:
+def freeze_before_fork(**_: object) -> None:
     """Move what exists before the first pool process forks out of the GC's reach.
 
     Celery runs a full ``gc.collect()`` before each fork, ~50 ms each once
@@ -89,7 +88,7 @@ def freeze_before_fork(**_: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the embedded worker until it is stopped; its exit code."""
     global _fd
-    parser = argparse.ArgumentParser(prog="python -m celerynb.ready")
+    parser = argparse.ArgumentParser(prog="python -m celerynb.worker.embedded")
     parser.add_argument("--hostname", required=True)
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--loglevel", default="WARNING")
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from celery import signals
 
-    from . import worker
+    from .. import worker
 
     signals.worker_process_init.connect(_child_ready, weak=False)
     signals.worker_ready.connect(_worker_ready, weak=False)

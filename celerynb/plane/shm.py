@@ -47,7 +47,8 @@ from typing import Any, ClassVar, Self
 import cloudpickle
 import numpy as np
 
-from .serialization import SignatureError, sign, verify
+from ..errors import SignatureError
+from .codec import sign, verify
 
 DEFAULT_ROOT = Path("/dev/shm")
 ALIGN = 64  # offset alignment of out-of-band buffers in a file
@@ -74,7 +75,7 @@ class ShmStore:
         self._dir = Path(directory)
         self._secret = secret
         self._closed = False
-        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._finalizer: weakref.finalize[..., object] | None = None
         st = os.stat(self._dir)
         if not stat.S_ISDIR(st.st_mode):
             raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(self._dir))
@@ -164,7 +165,7 @@ class ShmStore:
     def closed(self) -> bool:
         return self._closed
 
-    def put(self, name: str, obj: Any) -> int:
+    def put(self, name: str, obj: object) -> int:
         """Store ``obj`` as ``name``, replacing any object of that name; return the file size."""
         path = self._path(name)
         buffers: list[memoryview] = []
@@ -196,7 +197,7 @@ class ShmStore:
             raise
         return end
 
-    def put_if_room(self, name: str, obj: Any) -> int | None:
+    def put_if_room(self, name: str, obj: object) -> int | None:
         """``put``, or None (nothing stored) if the tmpfs is full."""
         try:
             return self.put(name, obj)

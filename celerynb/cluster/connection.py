@@ -1,0 +1,160 @@
+"""A connection to a Celery deployment whose workers run celerynb's tasks."""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import time
+from typing import TYPE_CHECKING
+
+import redis
+from celery import Celery
+
+from .. import plane
+from ..errors import ClusterError
+from ..plane import DataPlane, RedisPlane, ShmPlane
+from ..settings import Settings, make_app, mask_url
+from . import registry
+from .supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from ..plane.shm import ShmStore
+
+
+class Cluster:
+    """A connection to a Celery deployment: its Celery app, its Redis store, its workers.
+
+    Made by :func:`connect`; use as a context manager to close it on exit.
+    ``shm``: a shared-memory store for big data (embedded clusters only).
+    """
+
+    kind = "remote"
+    broker_timeout = 30.0  # seconds a call tolerates an unreachable store before failing
+
+    def __init__(self, settings: Settings, shm: ShmStore | None = None) -> None:
+        self._open(settings, shm)
+
+    def _open(self, settings: Settings, shm: ShmStore | None) -> None:
+        self.settings = settings
+        self.shm = shm
+        self.app: Celery = make_app(settings, driver=True)
+        self.redis: redis.Redis = plane.connect(settings.backend_url)
+        self.plane: DataPlane = (
+            ShmPlane(self.redis, settings.secret, shm)
+            if shm is not None
+            else RedisPlane(self.redis, settings.secret)
+        )
+        self.supervisor = Supervisor(self)
+        self.closed = False
+        self._workers: tuple[float, dict[str, int]] = (0.0, {})
+        self._leftovers: list[tuple[float, list[str]]] = []
+
+    # -- what calls need --------------------------------------------------------------------------
+    def check(self, timeout: float = 5.0) -> None:
+        """Fail fast (ClusterError naming the URL) if the broker or store is unreachable."""
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            raise ClusterError(
+                f"cannot reach the Redis result backend at {mask_url(self.settings.backend_url)}: "
+                f"{exc}"
+            ) from None
+        if self.settings.broker_url != self.settings.backend_url:
+            try:
+                with self.app.connection_for_write() as conn:
+                    conn.ensure_connection(max_retries=1, timeout=timeout)
+            except Exception as exc:
+                raise ClusterError(
+                    f"cannot reach the broker at {mask_url(self.settings.broker_url)}: {exc}"
+                ) from None
+
+    def workers(self, max_age: float = 30.0) -> dict[str, int]:
+        """Worker name -> pool size of the workers on this cluster's queue (cached)."""
+        stamp, known = self._workers
+        if known and time.monotonic() - stamp < max_age:
+            return known
+        inspect = self.app.control.inspect(timeout=1.0)
+        stats = inspect.stats() or {}
+        found = {
+            name: int(info.get("pool", {}).get("max-concurrency", 1))
+            for name, info in stats.items()
+        }
+        self._workers = (time.monotonic(), found)
+        return found
+
+    @property
+    def n_workers(self) -> int:
+        """Total pool size of the cluster's workers; ClusterError if there are none."""
+        total = sum(self.workers().values())
+        if not total:
+            raise ClusterError(
+                f"no celerynb worker answers on queue {self.settings.queue!r} of broker "
+                f"{mask_url(self.settings.broker_url)}: start one with "
+                f"`celerynb worker --broker URL` and the same CELERYNB_SECRET"
+            )
+        return total
+
+    def ensure_worker(self) -> bool:
+        """Replace a dead worker (embedded clusters only); True if one was replaced."""
+        return False
+
+    def defer_delete(self, keys: list[str], delay: float = 5.0) -> None:
+        """Delete ``keys`` at a sweep ``delay`` s from now (late writers may still come)."""
+        if keys:
+            self._leftovers.append((time.monotonic() + delay, keys))
+
+    def sweep(self, force: bool = False) -> None:
+        """Delete deferred keys whose time has come (all of them with ``force``)."""
+        now = time.monotonic()
+        due = [keys for when, keys in self._leftovers if force or when <= now]
+        self._leftovers = [(w, k) for w, k in self._leftovers if not (force or w <= now)]
+        if due:
+            with contextlib.suppress(redis.RedisError):
+                plane.delete(self.redis, [k for keys in due for k in keys])
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Cancel this process's calls on it and drop the connections (idempotent);
+        the deployment itself keeps running."""
+        registry.forget(self)
+        if self.closed:
+            return
+        for runner in self.supervisor.running():
+            runner.cancel("the cluster was closed")
+        self.supervisor.stop()
+        self.closed = True
+        self.sweep(force=True)
+        self.redis.close()
+        self.app.close()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def state(self) -> str:
+        return "closed" if self.closed else "connected"
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.state} broker={mask_url(self.settings.broker_url)!r} "
+            f"queue={self.settings.queue!r}>"
+        )
+
+    def _repr_html_(self) -> str:
+        rows = {
+            "state": self.state,
+            "broker": mask_url(self.settings.broker_url),
+            "queue": self.settings.queue,
+        }
+        body = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+            f"<td>{html.escape(str(v))}</td></tr>"
+            for k, v in rows.items()
+        )
+        return (
+            "<div style='color:var(--jp-ui-font-color1)'>"
+            f"<b>{html.escape(type(self).__name__)}</b><table>{body}</table></div>"
+        )

@@ -1,0 +1,63 @@
+"""Celery publishing and revoking: the only place a driver sends Celery messages."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+from celery import Celery
+
+from . import celery_compat
+from .options import SlotOptions
+from .plane.keys import CallKeys
+from .settings import REDUCE, RUN_CHUNKS
+
+
+def limits(opts: SlotOptions) -> dict[str, float]:
+    """Celery's per-message time limits for ``chunk_timeout`` (soft, then hard 10 s later)."""
+    timeout = opts.chunk_timeout
+    return {"soft_time_limit": timeout, "time_limit": timeout + 10} if timeout else {}
+
+
+def publish_slots(
+    app: Celery, queue: str, keys: CallKeys, slots: Iterable[int], opts: SlotOptions
+) -> None:
+    """Send one draining task per slot, in one batch."""
+    with app.producer_or_acquire() as producer, celery_compat.batched(producer):
+        for slot in slots:
+            app.send_task(
+                RUN_CHUNKS,
+                args=(keys.call, slot, opts),
+                task_id=keys.slot_task(slot),
+                queue=queue,
+                ignore_result=True,
+                producer=producer,
+                argsrepr=f"(call={keys.call!r}, slot={slot})",  # not Celery's slow saferepr
+                kwargsrepr="{}",
+                **limits(opts),
+            )
+
+
+def publish_reduce(app: Celery, queue: str, keys: CallKeys, n_chunks: int, shm: bool) -> None:
+    """Send the reduce task of a ``reduce=`` call whose parts are all stored."""
+    app.send_task(
+        REDUCE,
+        args=(keys.call, n_chunks, shm),
+        task_id=keys.reduce_task,
+        queue=queue,
+        ignore_result=True,
+        argsrepr=f"(call={keys.call!r}, parts={n_chunks})",
+        kwargsrepr="{}",
+    )
+
+
+def revoke(app: Celery, task_ids: list[str]) -> list[str]:
+    """Terminate the running tasks ``task_ids`` (SIGTERM to their pool processes).
+
+    Returns the backend keys Celery writes for revoked tasks, to delete later.
+    """
+    if not task_ids:
+        return []
+    with contextlib.suppress(Exception):  # the broker may be gone; the keys expire anyway
+        app.control.revoke(task_ids, terminate=True, signal="SIGTERM")
+    return celery_compat.task_meta_keys(task_ids)

@@ -1,0 +1,156 @@
+"""``MapFuture``: the handle of a running call (a ``concurrent.futures.Future``)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import html
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .call import Call, CallState
+from .progress import Display, NoDisplay
+from .widget import mimebundle
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
+    from .runner import CallRunner
+
+
+class MapFuture(concurrent.futures.Future[Any]):
+    """The handle of a ``cmap_async`` call.
+
+    ``result(timeout)`` waits and returns the joined result (or raises the
+    chunk's error); ``cancel()``, ``done()``, ``as_completed()``,
+    ``add_done_callback()``; ``workers`` says which worker ran each chunk.
+    Works with ``concurrent.futures.wait`` and ``asyncio.wrap_future``.
+    """
+
+    def __init__(
+        self,
+        call: Call,
+        cancel: Callable[[str], bool] | None = None,
+        display: Display | None = None,
+        runner: CallRunner | None = None,
+    ) -> None:
+        super().__init__()
+        self._call = call
+        self._runner = runner  # what runs it (for introspection)
+        self._cancel = cancel or call.cancel
+        self._display = display or NoDisplay()
+        self.set_running_or_notify_cancel()
+        call.on_end(self._ended)
+
+    def _ended(self, call: Call) -> None:
+        if call.error is None:
+            self.set_result(None)  # the value is joined on the first result() (not here)
+        else:
+            self.set_exception(call.error)
+
+    # -- facts ------------------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        return self._call.id
+
+    @property
+    def cluster(self) -> Cluster | None:
+        """The cluster that runs the call (None for an empty input, which ran nowhere)."""
+        return self._runner.cluster if self._runner is not None else None
+
+    @property
+    def label(self) -> str:
+        return self._call.label
+
+    @property
+    def state(self) -> str:
+        """'waiting', 'running', 'finished', 'failed', 'cancelled' or 'timed out'."""
+        return self._call.state.value
+
+    @property
+    def n_chunks(self) -> int:
+        return self._call.n_chunks
+
+    @property
+    def n_items(self) -> int:
+        return self._call.n_items
+
+    @property
+    def workers(self) -> list[str | None]:
+        """The worker that ran each chunk (None: not run yet)."""
+        return list(self._call.workers)
+
+    @property
+    def elapsed(self) -> float:
+        return self._call.snapshot().elapsed
+
+    # -- waiting ----------------------------------------------------------------------------------
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait up to ``timeout`` s (default: no limit) and return the joined result.
+
+        Raises the chunk's :class:`ChunkError`, :class:`CancelledError`, or
+        ``TimeoutError`` (the call keeps running) when ``timeout`` passes.
+        Interrupting the wait (Ctrl-C, the notebook's stop button) cancels the call.
+        """
+        try:
+            if not self._call.wait(timeout):
+                raise TimeoutError(
+                    f"not finished after {timeout} s ({self._call.progress_text()}); it "
+                    "keeps running: call .result() again or .cancel()"
+                )
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+        return self._call.value()
+
+    def as_completed(
+        self, ordered: bool = False, timeout: float | None = None
+    ) -> Iterator[tuple[int, Any]]:
+        """Yield ``(chunk number, chunk result)`` as chunks finish.
+
+        ``ordered=True`` yields in chunk order instead. Raises the call's error
+        (e.g. :class:`ChunkError`) when it comes, and ``TimeoutError`` if no
+        chunk arrives for ``timeout`` s (default: wait as long as it takes).
+        Interrupting the loop (Ctrl-C) cancels the call.
+        """
+        if self._call.keep:
+            raise TypeError("as_completed() streams chunk results; a reduce= call has only one")
+        return self._stream(ordered, timeout)
+
+    def _stream(self, ordered: bool, timeout: float | None) -> Iterator[tuple[int, Any]]:
+        try:
+            yield from self._call.stream(ordered, timeout)
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+
+    def cancel(self, reason: str = "the call was cancelled") -> bool:
+        """Revoke the outstanding chunks and stop running ones; False if already done."""
+        return self._cancel(reason)
+
+    def cancelled(self) -> bool:
+        return self._call.state is CallState.CANCELLED
+
+    # -- reprs ------------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        call = self._call
+        return (
+            f"<MapFuture {call.state.value}: {call.progress_text()}, "
+            f"{call.snapshot().items_done}/{call.n_items} items, {self.elapsed:.1f} s>"
+        )
+
+    def _repr_mimebundle_(self, **kwargs: object) -> dict[str, Any]:
+        """In a notebook, a displayed handle is another live view of its progress widget."""
+        bundle = mimebundle(self._display)
+        if bundle is None:
+            bundle = {"text/plain": repr(self), "text/html": self._repr_html_()}
+        return bundle
+
+    def _repr_html_(self) -> str:
+        call = self._call
+        colour = {CallState.FINISHED: "success", CallState.RUNNING: "brand"}
+        snap = call.snapshot()
+        return (
+            "<div style='color:var(--jp-ui-font-color1)'><b>MapFuture</b> "
+            f"<span style='color:var(--jp-{colour.get(call.state, 'error')}-color1)'>"
+            f"{html.escape(call.state.value)}</span>: {html.escape(call.progress_text())}, "
+            f"{snap.items_done}/{call.n_items} items, {snap.elapsed:.1f} s</div>"
+        )

@@ -1,0 +1,104 @@
+"""What data ``cmap`` accepts, its kind, length and size (no Celery in here)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence, Sized
+from types import ModuleType
+from typing import Literal, cast
+
+Kind = Literal["pandas", "numpy", "sequence", "groupby"]
+
+SUPPORTED = (
+    "pandas DataFrame, Series or Index, NumPy ndarray (at least 1-D), "
+    "or a sized sequence such as a list, tuple or range"
+)
+
+
+def _pandas() -> ModuleType | None:
+    return sys.modules.get("pandas")
+
+
+def _numpy() -> ModuleType | None:
+    return sys.modules.get("numpy")
+
+
+def pandas() -> ModuleType:
+    """pandas, imported when first needed (data that needs it has it loaded)."""
+    import pandas
+
+    return pandas
+
+
+def numpy() -> ModuleType:
+    """NumPy, imported when first needed."""
+    import numpy
+
+    return numpy
+
+
+def is_groupby(data: object) -> bool:
+    """Whether ``data`` is a pandas DataFrameGroupBy or SeriesGroupBy."""
+    pd = _pandas()
+    return pd is not None and isinstance(
+        data, pd.api.typing.DataFrameGroupBy | pd.api.typing.SeriesGroupBy
+    )
+
+
+def kind_of(data: object) -> Kind:
+    """'pandas', 'numpy' or 'sequence'; TypeError naming the fix otherwise."""
+    pd, np = _pandas(), _numpy()
+    if pd is not None and isinstance(data, pd.DataFrame | pd.Series | pd.Index):
+        return "pandas"
+    if np is not None and isinstance(data, np.ndarray):
+        if data.ndim == 0:
+            raise TypeError(
+                "cmap got a 0-d array: nothing to split; pass an array of 1-D or more. "
+                f"Supported data: {SUPPORTED}"
+            )
+        return "numpy"
+    if is_groupby(data):
+        return "groupby"
+    if isinstance(data, str | bytes | bytearray | memoryview):
+        raise TypeError(
+            f"cmap got {type(data).__name__}: strings are not split into characters; "
+            f"pass a list (e.g. text.splitlines()) instead. Supported data: {SUPPORTED}"
+        )
+    if isinstance(data, Sequence):
+        return "sequence"
+    name = type(data).__name__
+    if hasattr(data, "__next__") or hasattr(data, "gi_frame"):
+        hint = f"cmap needs sized data, got a {name}; pass list(...) of it"
+    elif isinstance(data, dict):
+        hint = "cmap got a dict; pass list(d.items()) or list(d.values())"
+    elif isinstance(data, set | frozenset):
+        hint = f"cmap got a {name}, which has no order; pass sorted(...) or list(...) of it"
+    elif isinstance(data, os.PathLike):
+        hint = f"cmap got one path ({data}); pass a list of paths, e.g. sorted(folder.glob('*'))"
+    else:
+        hint = f"cmap cannot split {name}"
+    raise TypeError(f"{hint}. Supported data: {SUPPORTED}")
+
+
+def nbytes(data: object) -> int:
+    """Approximate in-memory size of ``data`` (0 when unknown)."""
+    pd = _pandas()
+    if pd is not None and isinstance(data, pd.DataFrame):
+        return int(data.memory_usage(index=False, deep=False).sum())
+    size = getattr(data, "nbytes", 0)
+    return int(size) if isinstance(size, int) else 0
+
+
+def check_inputs(inputs: tuple[object, ...]) -> int:
+    """Validate the inputs of a call; return their common length (groups for a groupby)."""
+    kinds = [kind_of(data) for data in inputs]
+    if "groupby" in kinds and len(inputs) > 1:
+        raise TypeError("a groupby cannot be combined with other inputs: pass it alone")
+    lengths = [len(cast(Sized, data)) for data in inputs]
+    if len(set(lengths)) > 1:
+        raise ValueError(
+            f"cmap got inputs of different lengths {lengths}: several inputs are split "
+            "together chunk by chunk, like zip(); pass inputs of equal length"
+        )
+    return lengths[0]

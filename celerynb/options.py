@@ -1,0 +1,156 @@
+"""Every argument of a call, its default (stated once, here) and its validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict
+
+Progress = bool | Literal["auto", "widget", "text"] | None
+PROGRESS_CHOICES = (True, False, None, "auto", "widget", "text")
+
+
+class CallKwargs(TypedDict, total=False):
+    """The keyword arguments of ``cmap`` / ``cmap_async`` (see :class:`CallOptions`)."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] | None
+    chunks: int | None
+    chunk_size: int | None
+    reduce: Callable[[list[Any]], Any] | None
+    progress: Progress
+    timeout: float | None
+    retries: int
+    chunk_timeout: float | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """How one call runs. Defaults:
+
+    - ``args=()``, ``kwargs=None``: extra arguments for every ``func`` call,
+      shipped once per call;
+    - ``chunks=None``, ``chunk_size=None``: the default chunking (adaptive, or
+      4 chunks per worker; at most 64 MiB a chunk); either one overrides it;
+    - ``reduce=None``: a function run on a worker over the list of chunk
+      results; only its value comes back;
+    - ``progress=True``: a widget in a notebook, a text bar in a terminal
+      (``"widget"``, ``"text"``, ``"auto"``; False or None: none);
+    - ``timeout=None``: seconds for the whole call, then it is cancelled;
+    - ``retries=0``: re-runs of a chunk whose ``func`` raised;
+    - ``chunk_timeout=None``: seconds one chunk may run;
+    - ``attempts=3``: deliveries of a chunk whose worker process died
+      (killed, out of memory) before the call fails.
+    """
+
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    chunks: int | None = None
+    chunk_size: int | None = None
+    reduce: Callable[[list[Any]], Any] | None = None
+    progress: Progress = True
+    timeout: float | None = None
+    retries: int = 0
+    chunk_timeout: float | None = None
+    attempts: int = 3
+
+    @classmethod
+    def make(cls, **given: Any) -> CallOptions:
+        """Validated options; TypeError / ValueError naming the argument and the fix."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        for name in sorted(set(given) - names):
+            near = difflib.get_close_matches(name, names, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise TypeError(
+                f"cmap() got an unexpected keyword argument {name!r}{hint}; it takes "
+                f"{', '.join(sorted(names))} and cluster"
+            )
+        if given.get("kwargs") is None:
+            given.pop("kwargs", None)
+        options = cls(**given)
+        options.validate()
+        return options
+
+    def validate(self) -> None:
+        if not isinstance(self.args, tuple | list) or not isinstance(self.kwargs, dict):
+            raise TypeError("args= must be a tuple and kwargs= a dict of extra arguments for func")
+        object.__setattr__(self, "args", tuple(self.args))
+        if self.reduce is not None and not callable(self.reduce):
+            raise TypeError(f"reduce must be callable, got {type(self.reduce).__name__}")
+        for name in ("timeout", "chunk_timeout"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+            ):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        for name, low in (("retries", 0), ("attempts", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        for name in ("chunks", "chunk_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"{name} must be a positive int, got {value!r}")
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.chunks is not None and self.chunk_size is not None:
+            raise ValueError("pass chunks= or chunk_size=, not both")
+        progress = self.progress
+        if not (
+            progress is None
+            or isinstance(progress, bool)
+            or (isinstance(progress, str) and progress in PROGRESS_CHOICES)
+        ):
+            raise ValueError(
+                "progress must be one of True, False, None, 'auto', 'widget' or 'text'; "
+                f"got {self.progress!r}"
+            )
+
+    def slot(self, zipped: bool, shm: bool) -> SlotOptions:
+        """What a draining task needs to know about this call."""
+        return SlotOptions(
+            attempts=self.attempts,
+            retries=self.retries,
+            chunk_timeout=self.chunk_timeout,
+            zipped=zipped,
+            shm=shm,
+            one=self.chunk_timeout is not None,
+            keep=self.reduce is not None,
+        )
+
+
+@dataclass(frozen=True)
+class SlotOptions:
+    """The options a draining task gets in its message.
+
+    ``zipped``: chunks are tuples of several inputs; ``shm``: data may be in
+    shm files; ``one``: one chunk per message (per-chunk time limits);
+    ``keep``: results stay on the plane for the reducer.
+    """
+
+    attempts: int = 3
+    retries: int = 0
+    chunk_timeout: float | None = None
+    zipped: bool = False
+    shm: bool = False
+    one: bool = False
+    keep: bool = False
+
+
+def signature(positional: str) -> inspect.Signature:
+    """``func, data, *more, cluster=None`` and every option with its default, for
+    ``help(cmap)`` and notebook tooltips."""
+    params = [
+        inspect.Parameter("func", inspect.Parameter.POSITIONAL_ONLY),
+        inspect.Parameter("data", inspect.Parameter.POSITIONAL_ONLY),
+        inspect.Parameter("more", inspect.Parameter.VAR_POSITIONAL),
+        inspect.Parameter("cluster", inspect.Parameter.KEYWORD_ONLY, default=None),
+    ]
+    for f in dataclasses.fields(CallOptions):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default))
+    return inspect.Signature(params, return_annotation=positional)

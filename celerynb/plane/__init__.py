@@ -1,0 +1,298 @@
+"""The data plane: where chunk and result bytes live (never inside Celery messages).
+
+One :class:`DataPlane` object serves the driver and the workers alike:
+:class:`RedisPlane` keeps values in Redis keys of the call (a remote
+deployment); :class:`ShmPlane` puts big arrays and frames into files on a
+tmpfs and everything else (and whatever does not fit) through Redis (the
+embedded cluster). A chunk's key holds its signed bytes, or ``SHM_MARKER``
+when its value is in a file. Records (see ``records``) say where each
+result is.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..errors import PayloadTooLarge, failure_of
+from ..inputs import nbytes
+from . import codec
+from .keys import TTL, CallKeys
+from .records import Location, Record, RunMeta, Status
+
+if TYPE_CHECKING:
+    import redis
+    from redis.client import Pipeline
+
+    from .shm import ShmStore
+
+INLINE = 64 * 2**10  # values up to this size travel inside records and script replies
+# Redis refuses values over 512 MiB (proto-max-bulk-len); stay below it
+MAX_PAYLOAD = int(os.environ.get("CELERYNB_MAX_PAYLOAD", 512 * 2**20 - 2**16))
+SHM_MARKER = b"@shm"  # a chunk key's value when the chunk is in a file
+_RESULT_FIX = "use more, smaller chunks (chunks=...) or return less data per chunk"
+
+
+def check_size(blob: bytes, what: str, fix: str) -> None:
+    """Raise PayloadTooLarge (naming ``what`` and the ``fix``) if ``blob`` is too big."""
+    if len(blob) > MAX_PAYLOAD:
+        raise PayloadTooLarge(
+            f"{what} is {len(blob) / 2**20:.1f} MiB serialized, more than the "
+            f"{MAX_PAYLOAD / 2**20:.1f} MiB a Redis value may hold; {fix}"
+        )
+
+
+def connect(url: str, **kwargs: Any) -> redis.Redis:
+    """A Redis client for the data plane (bytes in, bytes out)."""
+    import redis
+
+    options: dict[str, Any] = {"socket_connect_timeout": 5, "health_check_interval": 30}
+    options.update(kwargs)
+    return redis.Redis.from_url(url, **options)
+
+
+def delete(client: redis.Redis, keys: Iterable[str], batch: int = 1000) -> None:
+    """Unlink ``keys`` in batches (one round trip per batch)."""
+    keys = list(keys)
+    with client.pipeline(transaction=False) as pipe:
+        for start in range(0, len(keys), batch):
+            pipe.unlink(*keys[start : start + batch])
+        pipe.execute()
+
+
+class DataPlane(Protocol):
+    """What the driver and the workers do with a call's data."""
+
+    redis: redis.Redis
+    secret: str
+    shared: bool  # values may be in files that only this machine sees
+
+    def put_chunk(
+        self, pipe: Pipeline, keys: CallKeys, index: int, obj: object, big: bool, what: str = ""
+    ) -> int:
+        """Queue chunk ``index`` (``what``: its description) into ``pipe`` (or a file); the
+        bytes it holds. ``big``: an array or frame worth a file, where there are files."""
+
+    def load_chunk(self, keys: CallKeys, index: int, inline: bytes | None) -> object:
+        """Chunk ``index``, given what the script returned for it."""
+
+    def place(self, keys: CallKeys, record: Record) -> tuple[bytes, bytes]:
+        """``(record bytes for the driver, bytes to park in the result key or b"")``."""
+
+    def fetch(self, keys: CallKeys, records: list[Record]) -> list[Record]:
+        """The records with every value kept apart fetched (and its copy removed)."""
+
+    def load_parts(self, keys: CallKeys, n_chunks: int) -> list[object]:
+        """A reduce= call's stored parts, in chunk order."""
+
+    def drop(self, keys: CallKeys, indices: Iterable[int], results: bool) -> None:
+        """Delete the files of chunks ``indices`` (and of their results, with ``results``)."""
+
+    def delete_call(self, keys: CallKeys, n_chunks: int) -> None:
+        """Delete everything the call stored."""
+
+
+class RedisPlane:
+    """Every value in a Redis key of the call (remote deployments)."""
+
+    shared = False
+
+    def __init__(self, client: redis.Redis, secret: str) -> None:
+        self.redis, self.secret = client, secret
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+    def put_chunk(
+        self, pipe: Pipeline, keys: CallKeys, index: int, obj: object, big: bool, what: str = ""
+    ) -> int:
+        blob = codec.dumps(self.secret, obj)
+        check_size(blob, what or f"chunk {index}", "pass more chunks (chunks=...)")
+        pipe.set(keys.chunk(index), blob, ex=TTL)
+        return len(blob)
+
+    def load_chunk(self, keys: CallKeys, index: int, inline: bytes | None) -> object:
+        if inline is None:  # too big to come through the script
+            inline = self.redis.get(keys.chunk(index))  # type: ignore[assignment]
+            if inline is None:
+                raise LookupError("the chunk is gone from the store (the call was cancelled)")
+        return codec.loads(self.secret, inline)
+
+    def _park(self, keys: CallKeys, record: Record) -> tuple[Location, bytes]:
+        """Where a big or kept value goes: a file (ShmPlane) or the result key."""
+        blob = codec.dumps(self.secret, record.value)
+        check_size(blob, "the result of this chunk", _RESULT_FIX)
+        return Location.KEY, blob
+
+    def place(self, keys: CallKeys, record: Record) -> tuple[bytes, bytes]:
+        try:
+            if record.status is Status.STORED:  # a reduce part: always kept apart
+                location, parked = self._park(keys, record)
+                return self._dump(_moved(record, location)), parked
+            blob = self._dump(record)
+            if len(blob) <= INLINE:
+                return blob, b""
+            location, parked = self._park(keys, record)
+            return self._dump(_moved(record, location)), parked
+        except Exception as exc:
+            return self._dump(_failed(record, exc)), b""
+
+    def _dump(self, record: Record) -> bytes:
+        try:
+            return codec.dumps(self.secret, record)
+        except Exception as exc:
+            return codec.dumps(self.secret, _failed(record, exc))
+
+    def fetch(self, keys: CallKeys, records: list[Record]) -> list[Record]:
+        wanted = [r.index for r in records if r.location is Location.KEY and r.status is Status.OK]
+        blobs: dict[int, bytes | None] = {}
+        if wanted:  # one round trip for all
+            pipe = self.redis.pipeline(transaction=False)
+            for index in wanted:
+                pipe.get(keys.result(index))
+                pipe.unlink(keys.result(index))
+            blobs = dict(zip(wanted, pipe.execute()[::2], strict=True))
+        out = []
+        for r in records:
+            if r.index in blobs:
+                blob = blobs[r.index]
+                if blob is None:
+                    raise LookupError(f"the result of chunk {r.index} is gone from the store")
+                r = Record(
+                    r.index, r.status, codec.loads(self.secret, blob), Location.INLINE, r.meta
+                )
+            out.append(r)
+        return out
+
+    def load_parts(self, keys: CallKeys, n_chunks: int) -> list[object]:
+        pipe = self.redis.pipeline(transaction=False)
+        for i in range(n_chunks):
+            pipe.get(keys.result(i))
+        blobs = pipe.execute()
+        if any(b is None for b in blobs):
+            raise LookupError("a part is gone from the store (the call was cancelled)")
+        return [codec.loads(self.secret, b) for b in blobs]
+
+    def drop(self, keys: CallKeys, indices: Iterable[int], results: bool) -> None:
+        pass
+
+    def delete_call(self, keys: CallKeys, n_chunks: int) -> None:
+        delete(self.redis, keys.all(n_chunks))
+
+
+class ShmPlane(RedisPlane):
+    """Big arrays and frames in tmpfs files, the rest through Redis (the embedded cluster)."""
+
+    shared = True
+
+    def __init__(self, client: redis.Redis, secret: str, store: ShmStore) -> None:
+        super().__init__(client, secret)
+        self.store = store
+
+    def __repr__(self) -> str:
+        return f"<ShmPlane {str(self.store.directory)!r}>"
+
+    def put_chunk(
+        self, pipe: Pipeline, keys: CallKeys, index: int, obj: object, big: bool, what: str = ""
+    ) -> int:
+        size = self.store.put_if_room(keys.chunk_file(index), obj) if big else None
+        if size is None:  # small, or the tmpfs is full
+            return super().put_chunk(pipe, keys, index, obj, big, what)
+        pipe.set(keys.chunk(index), SHM_MARKER, ex=TTL)
+        return size
+
+    def load_chunk(self, keys: CallKeys, index: int, inline: bytes | None) -> object:
+        if inline == SHM_MARKER:
+            return self.store.get(keys.chunk_file(index))
+        return super().load_chunk(keys, index, inline)
+
+    def _park(self, keys: CallKeys, record: Record) -> tuple[Location, bytes]:
+        value = record.value
+        if nbytes(value) >= INLINE and self.store.put_if_room(
+            keys.result_file(record.index), value
+        ):
+            return Location.SHM, b""
+        return super()._park(keys, record)
+
+    def place(self, keys: CallKeys, record: Record) -> tuple[bytes, bytes]:
+        if record.status is Status.OK and nbytes(record.value) >= INLINE:
+            try:
+                location, parked = self._park(keys, record)
+                return self._dump(_moved(record, location)), parked
+            except Exception as exc:
+                return self._dump(_failed(record, exc)), b""
+        return super().place(keys, record)
+
+    def fetch(self, keys: CallKeys, records: list[Record]) -> list[Record]:
+        out = []
+        for r in super().fetch(keys, records):
+            if r.location is Location.SHM and r.status is Status.OK:
+                name = keys.result_file(r.index)
+                try:
+                    value = self.store.get(name)
+                finally:
+                    self.store.delete([name])
+                r = Record(r.index, r.status, value, Location.INLINE, r.meta)
+            out.append(r)
+        return out
+
+    def load_parts(self, keys: CallKeys, n_chunks: int) -> list[object]:
+        names = [keys.result_file(i) for i in range(n_chunks)]
+        in_files = {i for i, n in enumerate(names) if (self.store.directory / n).exists()}
+        rest = [i for i in range(n_chunks) if i not in in_files]
+        pipe = self.redis.pipeline(transaction=False)
+        for i in rest:
+            pipe.get(keys.result(i))
+        blobs = dict(zip(rest, pipe.execute(), strict=True)) if rest else {}
+        if any(b is None for b in blobs.values()):
+            raise LookupError("a part is gone from the store (the call was cancelled)")
+        return [
+            self.store.get(names[i]) if i in in_files else codec.loads(self.secret, blobs[i])
+            for i in range(n_chunks)
+        ]
+
+    def drop(self, keys: CallKeys, indices: Iterable[int], results: bool) -> None:
+        names = []
+        for i in indices:
+            names.append(keys.chunk_file(i))
+            if results:
+                names.append(keys.result_file(i))
+        self.store.delete(names)
+
+    def delete_call(self, keys: CallKeys, n_chunks: int) -> None:
+        super().delete_call(keys, n_chunks)
+        self.store.delete(keys.files(n_chunks))
+
+
+def _moved(record: Record, location: Location) -> Record:
+    return Record(record.index, record.status, None, location, record.meta)
+
+
+def _failed(record: Record, exc: Exception) -> Record:
+    """The record of a result that cannot be sent back (unpicklable, too big)."""
+    if not isinstance(exc, PayloadTooLarge):
+        exc = TypeError(
+            f"the result of func cannot be pickled to send it back ({type(exc).__name__}: "
+            f"{exc}); return plain data (numbers, strings, lists, dicts, arrays, frames)"
+        )
+    failure = failure_of(exc, record.meta.worker)
+    return Record(record.index, Status.ERROR, failure, Location.INLINE, record.meta)
+
+
+__all__ = [
+    "INLINE",
+    "MAX_PAYLOAD",
+    "SHM_MARKER",
+    "CallKeys",
+    "DataPlane",
+    "Location",
+    "Record",
+    "RedisPlane",
+    "RunMeta",
+    "ShmPlane",
+    "Status",
+    "check_size",
+    "connect",
+    "delete",
+]

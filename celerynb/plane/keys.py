@@ -1,0 +1,95 @@
+"""Names: the Redis keys and shm files of one call, and its Celery task ids.
+
+All keys of a call share the prefix ``celerynb:{<call id>}:`` (the braces keep
+them in one Redis Cluster hash slot, as the scripts need) and expire after
+``TTL`` seconds even if nobody deletes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "celerynb:"
+TTL = 24 * 3600
+REDUCED = -1  # the chunk number of the reducer's record
+
+
+@dataclass(frozen=True)
+class CallKeys:
+    """Names of the Redis keys (and shm files) of one call."""
+
+    call: str
+
+    @property
+    def base(self) -> str:
+        return f"{PREFIX}{{{self.call}}}:"
+
+    @property
+    def func(self) -> str:
+        """The signed job."""
+        return self.base + "func"
+
+    @property
+    def done(self) -> str:
+        """List of finished chunks' records, for the driver."""
+        return self.base + "done"
+
+    @property
+    def tries(self) -> str:
+        """Hash: chunk -> deliveries so far."""
+        return self.base + "tries"
+
+    @property
+    def running(self) -> str:
+        """Hash: chunk -> the slot running it."""
+        return self.base + "running"
+
+    @property
+    def pending(self) -> str:
+        """List of chunk numbers not taken yet."""
+        return self.base + "pending"
+
+    @property
+    def slots(self) -> str:
+        """Hash: slot -> the chunk it holds (a redelivered slot resumes it)."""
+        return self.base + "slots"
+
+    @property
+    def open(self) -> str:
+        """Set while the driver may still queue chunks (stored in batches, or planned later)."""
+        return self.base + "open"
+
+    def chunk(self, index: int) -> str:
+        return f"{self.base}chunk:{index}"
+
+    def result(self, index: int) -> str:
+        """A result kept apart from its record (too big to inline, or a reduce part)."""
+        return f"{self.base}result:{index}"
+
+    def all(self, n_chunks: int) -> list[str]:
+        """Every key the call may have created."""
+        per_chunk = [k for i in range(n_chunks) for k in (self.chunk(i), self.result(i))]
+        fixed = [self.func, self.done, self.tries, self.running, self.pending, self.slots]
+        return [*fixed, self.open, self.result(REDUCED), *per_chunk]
+
+    def chunk_file(self, index: int) -> str:
+        return f"{self.call}-c{index}"
+
+    def result_file(self, index: int) -> str:
+        return f"{self.call}-r{index}"
+
+    def files(self, n_chunks: int) -> list[str]:
+        """Names of the shm files the call may have created."""
+        names = [
+            name for i in range(n_chunks) for name in (self.chunk_file(i), self.result_file(i))
+        ]
+        return [*names, self.result_file(REDUCED)]
+
+    def slot_task(self, slot: int) -> str:
+        """The Celery task id of the draining task ``slot``."""
+        return f"celerynb-{self.call}-s{slot}"
+
+    @property
+    def reduce_task(self) -> str:
+        """The Celery task id of the reduce task."""
+        return f"celerynb-{self.call}-reduce"

@@ -1,0 +1,219 @@
+"""How inputs are cut into chunks: the plans, the fixed and adaptive rules, their constants.
+
+Fixed rule: ``4 x workers`` chunks, more if a chunk would exceed
+``MAX_CHUNK_BYTES`` (64 MiB), never more chunks than items. It is the default
+for small inputs (under 64 items per worker), groupby and ``reduce=`` calls.
+
+Adaptive rule (the default otherwise): one small probe chunk per worker runs
+first; from its measured time per item the rest is cut on a guided schedule:
+each chunk takes ``1 / (4 x workers)`` of what is left, so chunks shrink
+towards the end and a slow tail spreads over all workers; no chunk is planned
+shorter than ``TARGET_CHUNK_SECONDS`` (per-chunk overhead) unless that would
+leave a worker idle, and none exceeds 64 MiB. ``chunks=`` / ``chunk_size=``
+override both rules.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .errors import ChunkInfo
+from .groupby import GroupPlan
+from .inputs import _pandas, check_inputs, kind_of
+from .join import join
+
+MAX_CHUNK_BYTES = 64 * 2**20  # no chunk is planned bigger (unless chunks= says so)
+CHUNKS_PER_WORKER = 4  # the fixed rule; also the guided schedule's share
+TARGET_CHUNK_SECONDS = 0.05  # adaptive chunking plans no chunk shorter than this
+ADAPT_MIN_ITEMS_PER_WORKER = 64  # smaller inputs use the fixed rule
+PROBES_PER_WORKER = 32  # a probe chunk holds 1/(32 x workers) of the items
+EARLY_BYTES = 8 * 2**20  # calls with more data start before all of it is stored
+
+
+class ChunkPlan(Protocol):
+    """How one call's input is cut: what chunk ``i`` is, where it sits, how to join."""
+
+    @property
+    def data(self) -> Any:
+        """The first input (its index labels name the chunks)."""
+
+    @property
+    def n_items(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def take(self, index: int) -> object:
+        """Chunk ``index``, as ``func`` receives it."""
+
+    def items(self, index: int) -> int: ...
+
+    def info(self, index: int) -> ChunkInfo: ...
+
+    def join(self, parts: list[Any]) -> Any: ...
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def n_chunks_for(
+    n_items: int,
+    n_workers: int,
+    size: int = 0,
+    chunks: int | None = None,
+    chunk_size: int | None = None,
+) -> int:
+    """How many chunks the fixed rule cuts ``n_items`` into (``chunks=`` / ``chunk_size=`` win)."""
+    if chunks is not None and chunk_size is not None:
+        raise ValueError("pass chunks= or chunk_size=, not both")
+    if chunks is not None:
+        wanted = _positive_int("chunks", chunks)
+    elif chunk_size is not None:
+        wanted = math.ceil(n_items / _positive_int("chunk_size", chunk_size))
+    else:
+        wanted = max(CHUNKS_PER_WORKER * max(n_workers, 1), math.ceil(size / MAX_CHUNK_BYTES))
+    return max(1, min(wanted, n_items))
+
+
+def _slice(data: Any, start: int, stop: int) -> object:
+    pd = _pandas()
+    if pd is not None and isinstance(data, pd.DataFrame | pd.Series):
+        return data.iloc[start:stop]
+    return data[start:stop]
+
+
+@dataclass(frozen=True)
+class RangePlan:
+    """Inputs cut by position: chunk ``i`` covers ``bounds[i]`` of each input (like zip)."""
+
+    inputs: tuple[Any, ...]
+    bounds: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def even(cls, inputs: tuple[Any, ...], n_chunks: int) -> RangePlan:
+        """All items, in ``n_chunks`` chunks of (nearly) equal length."""
+        rest = check_inputs(inputs)
+        return cls(inputs, ()).then(
+            [(i + 1) * rest // n_chunks - i * rest // n_chunks for i in range(n_chunks)]
+        )
+
+    @property
+    def covered(self) -> int:
+        """Items the chunks planned so far cover (from position 0)."""
+        return self.bounds[-1][1] if self.bounds else 0
+
+    def then(self, sizes: Sequence[int]) -> RangePlan:
+        """This plan followed by chunks of ``sizes`` items."""
+        bounds, start = list(self.bounds), self.covered
+        for size in sizes:
+            bounds.append((start, start + size))
+            start += size
+        return RangePlan(self.inputs, tuple(bounds))
+
+    @property
+    def data(self) -> Any:
+        return self.inputs[0]
+
+    @property
+    def n_items(self) -> int:
+        return len(self.inputs[0])
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def take(self, index: int) -> object:
+        """A slice of the input, or a tuple of slices of each input."""
+        start, stop = self.bounds[index]
+        parts = tuple(_slice(data, start, stop) for data in self.inputs)
+        return parts if len(parts) > 1 else parts[0]
+
+    def info(self, index: int) -> ChunkInfo:
+        start, stop = self.bounds[index]
+        if kind_of(self.data) == "pandas" and stop > start:
+            pd = _pandas()
+            labels = self.data if pd is not None and isinstance(self.data, pd.Index) else None
+            labels = self.data.index if labels is None else labels
+            return ChunkInfo(index, len(self), start, stop, labels[start], labels[stop - 1], True)
+        return ChunkInfo(index, len(self), start, stop)
+
+    def items(self, index: int) -> int:
+        start, stop = self.bounds[index]
+        return stop - start
+
+    def join(self, parts: list[Any]) -> Any:
+        return join(parts)
+
+
+@dataclass(frozen=True)
+class AdaptivePlanner:
+    """The adaptive rule: probe chunks first, then the rest sized from their times."""
+
+    n_items: int
+    workers: int
+    size: int  # bytes of the inputs
+
+    @classmethod
+    def applies(cls, n_items: int, workers: int) -> bool:
+        return n_items >= ADAPT_MIN_ITEMS_PER_WORKER * workers
+
+    def probes(self, inputs: tuple[Any, ...]) -> RangePlan:
+        """One probe chunk per worker, each 1/(32 x workers) of the items (at most 64 MiB)."""
+        per_probe = min(
+            self.n_items // (PROBES_PER_WORKER * self.workers),
+            max(1, self.n_items * MAX_CHUNK_BYTES // max(self.size, 1)),
+        )
+        return RangePlan(inputs, ()).then([max(1, per_probe)] * self.workers)
+
+    def rest(self, covered: int, seconds_per_item: float) -> list[int]:
+        """Sizes of the chunks after the first ``covered`` items (see the module docstring)."""
+        per_item = max(seconds_per_item, 1e-9)
+        workers, left = self.workers, self.n_items - covered
+        lowest = math.ceil(TARGET_CHUNK_SECONDS / per_item)
+        highest = max(1, math.ceil(left / workers))
+        if self.size:
+            highest = min(highest, max(1, self.n_items * MAX_CHUNK_BYTES // self.size))
+        if self.size >= EARLY_BYTES:  # big data: chunks small enough to pipeline the copies
+            highest = min(highest, math.ceil(self.n_items / (CHUNKS_PER_WORKER * workers)))
+        sizes = []
+        while left > 0:
+            size = min(max(math.ceil(left / (CHUNKS_PER_WORKER * workers)), lowest), highest, left)
+            if left - size < lowest // 2:  # no crumb of a chunk at the end
+                size = min(left, highest)
+            sizes.append(size)
+            left -= size
+        return sizes
+
+
+def make_plan(
+    inputs: tuple[Any, ...],
+    workers: int,
+    size: int,
+    chunks: int | None,
+    chunk_size: int | None,
+    fixed: bool,
+) -> tuple[ChunkPlan, AdaptivePlanner | None]:
+    """The first chunks of a call, and the adaptive planner that adds the rest (or None).
+
+    ``fixed`` forces the fixed rule (``reduce=`` calls).
+    """
+    n_items = check_inputs(inputs)
+    if kind_of(inputs[0]) == "groupby":
+        return GroupPlan.make(
+            inputs[0], n_chunks_for(n_items, workers, size, chunks, chunk_size)
+        ), None
+    if (
+        chunks is None
+        and chunk_size is None
+        and not fixed
+        and AdaptivePlanner.applies(n_items, workers)
+    ):
+        planner = AdaptivePlanner(n_items, workers, size)
+        return planner.probes(inputs), planner
+    return RangePlan.even(inputs, n_chunks_for(n_items, workers, size, chunks, chunk_size)), None

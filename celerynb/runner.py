@@ -1,0 +1,200 @@
+"""The I/O of one call on one cluster: store chunks, send tasks, take records, clean up.
+
+A :class:`CallRunner` feeds its :class:`~celerynb.call.Call` with the records
+the cluster's supervisor reads for it, and acts on what the call says:
+store newly planned chunks, send the reduce task, and, once the call ends,
+revoke what still runs and delete the call's data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+import redis
+
+from . import dispatch
+from .call import Call, CallState, Reaction
+from .errors import CelerynbError
+from .options import SlotOptions
+from .plane import INLINE, check_size, codec, delete
+from .plane.keys import TTL, CallKeys
+from .plane.records import Record
+from .planning import EARLY_BYTES
+from .progress import Display
+
+if TYPE_CHECKING:
+    from redis.client import Pipeline
+
+    from .cluster.connection import Cluster
+
+PUSH_BYTES = 32 * 2**20  # chunk bytes buffered before a pipeline is flushed
+EARLY_BATCH = 2**20  # the same for big calls, whose workers start on the first batch
+OPEN_SECONDS = 10  # workers stop waiting for an open call's chunks when its driver is gone
+
+
+class CallRunner:
+    """Runs ``call`` on ``cluster``: ``job`` is the signed job, ``size`` the inputs' bytes."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        call: Call,
+        job: bytes,
+        opts: SlotOptions,
+        size: int,
+        display: Display,
+    ) -> None:
+        self.cluster, self.call, self.opts, self.size = cluster, call, opts, size
+        self.keys = CallKeys(call.id)
+        self.display = display
+        self._job = job
+        self._slots = 0  # draining tasks sent so far (their slot numbers)
+        self._opened = False  # the call's "open" key is set (see _flush)
+        self._reducing = False  # the reduce task was sent
+        call.on_end(self._ended)
+
+    def __repr__(self) -> str:
+        return f"<CallRunner {self.call!r} on {self.cluster!r}>"
+
+    # -- submission -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Store the job and the chunks, send the draining tasks (once the first batch is in)."""
+        check_size(self._job, "func (with everything it refers to)", "pass big objects as data")
+        self._store(range(self.call.n_chunks), job=self._job, publish=True)
+
+    def _store(self, indices: range, job: bytes = b"", publish: bool = False) -> None:
+        """Store chunks ``indices`` in pipelined batches and queue their numbers.
+
+        With ``publish``, the draining tasks go out once the first batch is
+        queued: a big call's workers start while the rest is stored (the call
+        stays open till then). Errors clean the call up and are raised.
+        """
+        plan, plane, n_items = self.call.plan, self.cluster.plane, self.call.n_items
+        pipe = self.cluster.redis.pipeline(transaction=False)
+        if job:
+            pipe.set(self.keys.func, job, ex=TTL)
+        big_call = self.size >= EARLY_BYTES
+        early, batch = (self.cluster.n_workers, EARLY_BATCH) if big_call else (0, PUSH_BYTES)
+        buffered, queued = 0, []
+        for n, i in enumerate(indices, 1):
+            try:
+                big = self.size * plan.items(i) >= INLINE * n_items
+                what = plan.info(i).describe()
+                buffered += plane.put_chunk(pipe, self.keys, i, plan.take(i), big, what)
+            except (OSError, CelerynbError) as exc:
+                self.call.fail(exc)
+                raise
+            except Exception as exc:
+                error = TypeError(
+                    f"{plan.info(i).describe()} of the data cannot be pickled "
+                    f"({type(exc).__name__}: {exc}); pass data made of picklable objects"
+                )
+                self.call.fail(error)
+                raise error from exc
+            queued.append(i)
+            if n < len(indices) and (buffered > batch or n == early):
+                self._flush(pipe, queued, last=False)
+                buffered, queued = 0, []
+                if publish:
+                    self._publish(len(indices))
+                    publish = False
+        self._flush(pipe, queued, last=True)
+        if publish:
+            self._publish(len(indices))
+
+    def _flush(self, pipe: Pipeline, queued: list[int], last: bool) -> None:
+        if queued:
+            pipe.rpush(self.keys.pending, *queued)
+            pipe.expire(self.keys.pending, TTL)
+        # open: more chunks come (the rest of this batch, or, while adaptive
+        # chunking's probes run, the chunks planned from their times)
+        if not last or not self.call.planned:
+            pipe.set(self.keys.open, 1, ex=OPEN_SECONDS)
+            self._opened = True
+        elif self._opened:  # all queued: close the call
+            pipe.unlink(self.keys.open)
+            self._opened = False
+        pipe.execute()
+
+    def _publish(self, n_chunks: int, held: list[int] | None = None) -> None:
+        """Send draining tasks for ``n_chunks`` newly queued chunks, plus the ``held`` slots
+        again (they resume the chunk they held): one per pool process, or one per chunk
+        with ``chunk_timeout`` (a per-task limit)."""
+        fresh = n_chunks if self.opts.one else min(n_chunks, self.cluster.n_workers)
+        slots = [*(held or []), *range(self._slots, self._slots + fresh)]
+        self._slots += fresh
+        dispatch.publish_slots(
+            self.cluster.app, self.cluster.settings.queue, self.keys, slots, self.opts
+        )
+
+    # -- what the supervisor drives ---------------------------------------------------------------
+    def before_poll(self, pipe: Pipeline) -> None:
+        """Commands of this call for the supervisor's next round trip."""
+        if not self.call.planned:  # keep the call open for the probes' draining tasks
+            pipe.expire(self.keys.open, OPEN_SECONDS)
+
+    def receive(self, blobs: list[bytes], busy: int) -> None:
+        """Decode and fetch the records of one poll, feed them to the call, act."""
+        secret = self.cluster.settings.secret
+        records: list[Record] = [codec.loads(secret, blob) for blob in blobs]
+        del blobs
+        if records:
+            records = self.cluster.plane.fetch(self.keys, records)
+        self._act(self.call.receive(records, busy))
+        self.display.update(self.call.snapshot())
+
+    def _act(self, reaction: Reaction) -> None:
+        if reaction.store:
+            self._store(reaction.store)
+            if self.call.state.ended:  # cancelled while storing: those chunks go too
+                self._cleanup()
+        if reaction.reduce and not self._reducing:
+            self._reducing = True
+            dispatch.publish_reduce(
+                self.cluster.app,
+                self.cluster.settings.queue,
+                self.keys,
+                self.call.n_chunks,
+                self.opts.shm,
+            )
+
+    def worker_restarted(self) -> None:
+        """The embedded worker died and was replaced: re-send what it held."""
+        if self.call.state.ended:
+            return
+        if self._reducing:
+            self._reducing = False
+            self._act(Reaction(reduce=True))
+            return
+        held = [int(s) for s in self.cluster.redis.hkeys(self.keys.slots)]
+        done = self.call.snapshot().chunks_done
+        self._publish(self.call.n_chunks - done, held)
+
+    def cancel(self, reason: str = "the call was cancelled") -> bool:
+        """Revoke the outstanding chunks and stop running ones; False if already done."""
+        return self.call.cancel(reason)
+
+    # -- the end ----------------------------------------------------------------------------------
+    def _ended(self, call: Call) -> None:
+        """Once the call ends (any thread): stop its work, delete its data, close the display."""
+        self.display.close(call.snapshot())
+        if call.state is not CallState.FINISHED:
+            self._revoke()
+        self._cleanup()
+        self.cluster.supervisor.remove(self)
+
+    def _revoke(self) -> None:
+        """Queued chunks become no-ops (their keys go first); running ones are terminated."""
+        with contextlib.suppress(redis.RedisError):
+            delete(self.cluster.redis, [self.keys.chunk(i) for i in range(self.call.n_chunks)])
+            slots = set(self.cluster.redis.hgetall(self.keys.running).values())
+            ids = [self.keys.slot_task(int(s)) for s in slots]
+            if self._reducing:
+                ids.append(self.keys.reduce_task)
+            # Celery records revoked tasks in the backend: remove those records later
+            self.cluster.defer_delete(dispatch.revoke(self.cluster.app, ids))
+
+    def _cleanup(self) -> None:
+        with contextlib.suppress(redis.RedisError):
+            self.cluster.plane.delete_call(self.keys, self.call.n_chunks)

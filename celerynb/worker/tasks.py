@@ -1,0 +1,158 @@
+"""The tasks a worker runs: one draining task for every call's chunks, one reduce task."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from .. import celery_compat
+from ..errors import RemoteFailure, failure_of
+from ..options import SlotOptions
+from ..plane import INLINE, DataPlane, codec, delete
+from ..plane.codec import Job
+from ..plane.keys import REDUCED, CallKeys
+from ..plane.records import Record, RunMeta, Status
+from ..plane.scripts import OPEN, Report, Taken, next_chunk, push_record
+from ..settings import REDUCE, RUN_CHUNKS
+from . import app, context
+
+# a draining task hands its slot on to a fresh message after this long
+DRAIN_SECONDS = float(os.environ.get("CELERYNB_DRAIN_SECONDS", "10"))
+OPEN_WAIT = 0.01  # seconds a draining task waits at a time for an open call's next chunks
+
+
+def compute(job: Job, chunk: object, opts: SlotOptions) -> object:
+    """``func`` on ``chunk`` (several inputs unpacked); re-run ``retries`` times if it raises."""
+    inputs = chunk if opts.zipped else (chunk,)
+    for attempt in range(opts.retries + 1):
+        try:
+            return job.func(*inputs, *job.args, **job.kwargs)  # type: ignore[misc]
+        except SoftTimeLimitExceeded:
+            raise
+        except SystemExit as exc:
+            if celery_compat.terminating():  # the pool is stopping this process: let it go
+                raise
+            # sys.exit() in func: report it as the chunk's error, keep the process
+            raise RuntimeError(f"func raised SystemExit({exc.code!r}) (sys.exit)") from exc
+        except Exception as exc:
+            if attempt == opts.retries:
+                if opts.retries:
+                    exc.add_note(f"(failed {opts.retries + 1} times: retries={opts.retries})")
+                raise
+    raise AssertionError("unreachable")
+
+
+def _died(tries: int, job_found: bool, worker: str) -> RemoteFailure:
+    """The failure of a chunk whose worker process kept dying (or whose job is gone)."""
+    return RemoteFailure(
+        "WorkerLostError",
+        f"the worker process running this chunk died {tries - 1} times "
+        "(killed by a signal, out of memory, or a crash in native code); giving up on it"
+        if job_found
+        else "the call's function is gone from the store (expired or deleted)",
+        "",
+        None,
+        worker,
+    )
+
+
+def _timeout_error(exc: BaseException, opts: SlotOptions) -> BaseException:
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return TimeoutError(
+            f"the chunk ran longer than chunk_timeout={opts.chunk_timeout} s"
+        ).with_traceback(exc.__traceback__)
+    return exc
+
+
+def _meta(worker: str, started: float) -> RunMeta:
+    return RunMeta(worker, os.getpid(), time.perf_counter() - started)
+
+
+def _run_one(
+    plane: DataPlane, keys: CallKeys, got: Taken, opts: SlotOptions, worker: str
+) -> Report:
+    """Run the chunk ``got`` took; its report for the next round trip."""
+    assert got.index is not None
+    index, started = got.index, time.perf_counter()
+    try:
+        if got.tries > opts.attempts or not got.job_found:
+            died = _died(got.tries, got.job_found, worker)
+            record = Record(index, Status.ERROR, died, meta=_meta(worker, started))
+        else:
+            job = context.job(keys.call, got.job, worker)
+            chunk = plane.load_chunk(keys, index, got.chunk)
+            value = compute(job, chunk, opts)
+            del chunk
+            status = Status.STORED if opts.keep else Status.OK
+            record = Record(index, status, value, meta=_meta(worker, started))
+            del value
+        blob, parked = plane.place(keys, record)
+    except Exception as exc:
+        failure = failure_of(_timeout_error(exc, opts), worker)
+        record = Record(index, Status.ERROR, failure, meta=_meta(worker, started))
+        blob, parked = codec.dumps(plane.secret, record), b""
+    return Report(index, blob, parked)
+
+
+@app.task(name=RUN_CHUNKS, bind=True)
+def run_chunks(self: Task, call: str, slot: int, opts: SlotOptions) -> int:
+    """Run the call's pending chunks one after another; return how many were taken.
+
+    One round trip per chunk reports the last chunk and takes the next (see
+    ``plane.scripts``). After ``DRAIN_SECONDS`` the slot goes on in a fresh
+    message, so other calls get their turn and no message stays unacked for long.
+    """
+    ctx, keys, worker = context, CallKeys(call), self.request.hostname or ""
+    plane = ctx.plane(opts.shm)
+    stop = time.monotonic() + DRAIN_SECONDS
+    report: Report | None = None
+    taken = 0
+    while True:
+        take = not (opts.one and taken) and time.monotonic() < stop
+        got = next_chunk(
+            ctx.redis, keys, slot, report, take=take, have_job=call in ctx.jobs, inline_max=INLINE
+        )
+        if report is not None and plane.shared:  # its chunk's file (its result's, if unwanted)
+            plane.drop(keys, [report.index], results=not got.accepted)
+        report = None
+        if got.index is None and got.pending == OPEN and take:  # more chunks may come
+            # (the list's last chunk number rotates to its head: nothing is taken)
+            ctx.redis.brpoplpush(keys.pending, keys.pending, timeout=OPEN_WAIT)
+            continue
+        if got.index is None:
+            if got.pending and not opts.one:  # time is up, chunks are left: hand over
+                self.app.send_task(
+                    RUN_CHUNKS,
+                    args=(call, slot, opts),
+                    task_id=self.request.id,
+                    queue=celery_compat.delivery_queue(self.request, app.conf.task_default_queue),
+                    ignore_result=True,
+                )
+            return taken
+        taken += 1
+        report = _run_one(plane, keys, got, opts, worker)
+
+
+@app.task(name=REDUCE, bind=True, ignore_result=True)
+def reduce_parts(self: Task, call: str, n_chunks: int, shm: bool = False) -> None:
+    """Apply the call's reducer to its stored parts; push its record for the driver."""
+    ctx, keys, worker = context, CallKeys(call), self.request.hostname or ""
+    plane, started = ctx.plane(shm), time.perf_counter()
+    try:
+        job = ctx.job(call, ctx.redis.get(keys.func), worker)  # type: ignore[arg-type]
+        parts = plane.load_parts(keys, n_chunks)
+    except LookupError:  # cancelled meanwhile
+        return
+    try:
+        assert job.reduce is not None
+        record = Record(REDUCED, Status.OK, job.reduce(parts), meta=_meta(worker, started))
+    except Exception as exc:
+        record = Record(REDUCED, Status.ERROR, failure_of(exc, worker), meta=_meta(worker, started))
+    del parts
+    plane.drop(keys, range(n_chunks), results=True)
+    delete(ctx.redis, [keys.result(i) for i in range(n_chunks)])
+    blob, parked = plane.place(keys, record)
+    push_record(ctx.redis, keys, REDUCED, blob, parked)
