@@ -116,6 +116,7 @@ class Call:
         self._changed = threading.Condition(self._lock)
         self._on_end: list[Callable[[Call], object]] = []
         self._settled = False  # ended, and the end's callbacks ran (data cleaned up)
+        self._done = threading.Event()  # set with _settled: what result() waits on
 
     @classmethod
     def finished(cls, value: object, label: str = "cmap") -> Call:
@@ -124,6 +125,7 @@ class Call:
         call._value, call._joined = value, True
         call._end(CallState.FINISHED)
         call._settled = True
+        call._done.set()
         return call
 
     # -- facts ------------------------------------------------------------------------------------
@@ -258,13 +260,17 @@ class Call:
             with self._lock:
                 self._settled = True
                 self._changed.notify_all()
+            self._done.set()
 
     # -- results ----------------------------------------------------------------------------------
     def wait(self, timeout: float | None) -> bool:
         """Wait up to ``timeout`` s (None: no limit) for the call to end and its data to be
-        cleaned up; whether it has."""
-        with self._changed:
-            return self._wait_for(lambda: False, timeout)
+        cleaned up; whether it has. (In short slices, so that Ctrl-C gets through.)"""
+        limit = None if timeout is None else time.monotonic() + timeout
+        while not self._done.wait(0.2 if limit is None else min(0.2, limit - time.monotonic())):
+            if limit is not None and time.monotonic() >= limit:
+                return False
+        return True
 
     def _wait_for(self, ready: Callable[[], bool], timeout: float | None) -> bool:
         """Wait (holding the lock) until ``ready()`` or the call settled, in short slices so
