@@ -46,3 +46,20 @@ class Record:
     def failure(self) -> RemoteFailure:
         assert isinstance(self.value, RemoteFailure)
         return self.value
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickled as one call with plain values: a record is decoded once per chunk, and
+        finding four classes and calling two enums costs more than the chunk's bookkeeping."""
+        m = self.meta
+        args = (self.index, self.status.value, self.value, self.location.value)
+        return (_record, (*args, m.worker, m.pid, m.seconds))
+
+
+_STATUS = {s.value: s for s in Status}
+_LOCATION = {loc.value: loc for loc in Location}
+
+
+def _record(
+    index: int, status: str, value: object, location: str, worker: str, pid: int, seconds: float
+) -> Record:
+    return Record(index, _STATUS[status], value, _LOCATION[location], RunMeta(worker, pid, seconds))
