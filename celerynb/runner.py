@@ -21,7 +21,7 @@ from .plane import INLINE, check_size, codec, delete
 from .plane.keys import TTL, CallKeys
 from .plane.records import Record
 from .planning import EARLY_BYTES
-from .progress import Display
+from .progress import Display, NoDisplay
 
 if TYPE_CHECKING:
     from redis.client import Pipeline
@@ -142,7 +142,8 @@ class CallRunner:
         if records:
             records = self.cluster.plane.fetch(self.keys, records)
         self._act(self.call.receive(records, busy))
-        self.display.update(self.call.snapshot())
+        if not isinstance(self.display, NoDisplay):
+            self.display.update(self.call.snapshot())
 
     def _act(self, reaction: Reaction) -> None:
         if reaction.store:

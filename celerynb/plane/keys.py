@@ -8,6 +8,7 @@ them in one Redis Cluster hash slot, as the scripts need) and expire after
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 PREFIX = "celerynb:"
 TTL = 24 * 3600
@@ -20,41 +21,41 @@ class CallKeys:
 
     call: str
 
-    @property
+    @cached_property
     def base(self) -> str:
         return f"{PREFIX}{{{self.call}}}:"
 
-    @property
+    @cached_property
     def func(self) -> str:
         """The signed job."""
         return self.base + "func"
 
-    @property
+    @cached_property
     def done(self) -> str:
         """List of finished chunks' records, for the driver."""
         return self.base + "done"
 
-    @property
+    @cached_property
     def tries(self) -> str:
         """Hash: chunk -> deliveries so far."""
         return self.base + "tries"
 
-    @property
+    @cached_property
     def running(self) -> str:
         """Hash: chunk -> the slot running it."""
         return self.base + "running"
 
-    @property
+    @cached_property
     def pending(self) -> str:
         """List of chunk numbers not taken yet."""
         return self.base + "pending"
 
-    @property
+    @cached_property
     def slots(self) -> str:
         """Hash: slot -> the chunk it holds (a redelivered slot resumes it)."""
         return self.base + "slots"
 
-    @property
+    @cached_property
     def open(self) -> str:
         """Set while the driver may still queue chunks (stored in batches, or planned later)."""
         return self.base + "open"
