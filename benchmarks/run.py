@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: python benchmarks/run.py
 
 import numpy as np
 
-from benchmarks import candidates
+from benchmarks import candidates, elastic
 from benchmarks.candidates import (
     ALL,
     BY_NAME,
@@ -335,8 +335,9 @@ def machine() -> dict[str, str]:
     return info
 
 
-def chart(rows: list[Row], path: Path) -> str | None:
-    """A PNG with one panel per metric; returns why it was not drawn, or None."""
+def chart(rows: list[Row], path: Path, scaling: dict[str, list[float]] | None = None) -> str | None:
+    """A PNG with one panel per metric (and one for elastic scale-out); returns why it was
+    not drawn, or None."""
     try:
         import matplotlib
 
@@ -348,7 +349,7 @@ def chart(rows: list[Row], path: Path) -> str | None:
     for row in rows:
         if row.median is not None:
             by_metric.setdefault(row.metric, []).append(row)
-    n = len(by_metric)
+    n = len(by_metric) + (1 if scaling and any(scaling.values()) else 0)
     if not n:
         return "nothing measured: no chart"
     cols = 2
@@ -375,6 +376,21 @@ def chart(rows: list[Row], path: Path) -> str | None:
         ax.tick_params(axis="x", labelsize=8)
         for yi, m in zip(y, meds, strict=True):
             ax.text(m, yi, f" {m:.3g}", va="center", fontsize=7)
+    if scaling and any(scaling.values()):
+        ax = flat[len(by_metric)]
+        keys = [k for k in elastic.SCENARIOS if scaling.get(k)]
+        meds = [statistics.median(scaling[k]) for k in keys]
+        lows = [m - min(scaling[k]) for m, k in zip(meds, keys, strict=True)]
+        highs = [max(scaling[k]) - m for m, k in zip(meds, keys, strict=True)]
+        y = range(len(keys))
+        ax.barh(y, meds, xerr=[lows, highs], color="tab:orange", capsize=2)
+        ax.set_yticks(list(y), [elastic.SCENARIOS[k] for k in keys], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title("elastic scale-out: one call, celerynb workers", fontsize=9)
+        ax.set_xlabel("s", fontsize=8)
+        ax.tick_params(axis="x", labelsize=8)
+        for yi, m in zip(y, meds, strict=True):
+            ax.text(m, yi, f" {m:.3g}", va="center", fontsize=7)
     for ax in flat[n:]:
         ax.axis("off")
     fig.suptitle(f"celerynb cmap (orange) vs peers: median, whiskers min{DASH}max", fontsize=11)
@@ -391,6 +407,7 @@ def write_report(
     settings: dict[str, str],
     skipped: list[str],
     chart_note: str | None,
+    scaling: str = "",
 ) -> str:
     """Write the markdown report to ``path``; return the table."""
     text = table(rows)
@@ -412,6 +429,7 @@ def write_report(
         "imported).\n\n"
         f"## Run\n\n{setting_lines}\n\n"
         f"## Results\n\n{text}\n{picture}"
+        f"## Elastic scale-out\n\n{scaling or 'not measured'}\n"
         f"## Skipped\n\n{skip_lines}\n\n"
         "## How each candidate runs\n\n"
         "- **serial pandas**: `func(df)` in the driver process.\n"
@@ -563,13 +581,23 @@ def main(argv: list[str] | None = None) -> int:
         order = [c for c in runnable if c in live]
         run_warm(order, workloads, repeats, heavy, results)
 
+    log("elastic scale-out: celerynb workers that join mid-call")
+    scaling: dict[str, list[float]] = {}
+    scaling_text = ""
+    try:
+        scaling = elastic.run(quick, 1 if quick else heavy, log)
+        scaling_text = elastic.table(scaling, *elastic.size(quick))
+    except Exception as exc:
+        scaling_text = f"failed: {type(exc).__name__}: {exc}"
+        log(f"  elastic: FAILED {exc!r}")
+
     log("writing the report")
     load_after = os.getloadavg()
     elapsed = time.perf_counter() - started_at
     rows = build_rows(results, titles, everyone)
     out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    chart_note = chart(rows, out.with_name("results.png"))
+    chart_note = chart(rows, out.with_name("results.png"), scaling)
     settings = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "mode": "quick (small sizes, smoke check)" if quick else "full",
@@ -579,8 +607,9 @@ def main(argv: list[str] | None = None) -> int:
         "load average (1 min) before / after": f"{load_before[0]:.2f} / {load_after[0]:.2f}",
         "wall time of the run": f"{elapsed:.0f} s",
     }
-    text = write_report(out, rows, machine(), settings, skipped, chart_note)
+    text = write_report(out, rows, machine(), settings, skipped, chart_note, scaling_text)
     print(text)
+    print(scaling_text)
     if chart_note:
         log(chart_note)
     log(f"wrote {out} in {elapsed:.0f} s")

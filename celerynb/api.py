@@ -7,16 +7,16 @@ from typing import Any, Unpack
 
 import cloudpickle
 
-from .call import Call
+from .call import Call, CallState, finished_call
 from .cluster import Cluster, default_cluster
 from .errors import ClusterError
 from .future import MapFuture
 from .groupby import GroupApply
-from .inputs import check_inputs, is_groupby, kind_of, nbytes
+from .inputs import check_inputs, is_groupby, kind_of
 from .join import join
 from .options import CallKwargs, CallOptions, signature
 from .plane import codec
-from .planning import make_plan
+from .planning import RangePlan
 from .progress import make_display
 from .runner import CallRunner
 
@@ -112,27 +112,23 @@ def cmap_async(
     job = codec.Job(shipped, opts.reduce, opts.args, opts.kwargs)
     if n_items == 0:
         _dump_job("", job)  # the same errors as for a real call
-        return MapFuture(Call.finished(_empty(func, inputs, opts), _label(func)))
+        return MapFuture(finished_call(_empty(func, inputs, opts), _label(func)))
     target = cluster or default_cluster()
     if target.closed:
         raise ClusterError(f"{target!r} is closed: start a new one or pass cluster=None")
     blob = _dump_job(target.settings.secret, job)
-    workers, size = target.n_workers, sum(nbytes(x) for x in inputs)
-    plan, planner = make_plan(
-        inputs, workers, size, opts.chunks, opts.chunk_size, fixed=opts.reduce is not None
-    )
     call = Call(
-        plan,
-        planner,
+        RangePlan(inputs, ()),  # planned once workers are known (see CallRunner.start)
         label=_label(func),
         keep=opts.reduce is not None,
         timeout=opts.timeout,
         funcs=(func, opts.reduce),
+        state=CallState.WAITING,
     )
-    display = make_display(opts.progress, call.snapshot(), call.cancel, workers)
-    slot = opts.slot(zipped=len(inputs) > 1, shm=target.plane.shared)
-    runner = CallRunner(target, call, blob, slot, size, display)
+    runner = CallRunner(target, call, blob, opts, inputs)
     runner.start()
+    display = make_display(opts.progress, call.snapshot(), call.cancel, runner.n_workers)
+    runner.display = display
     target.supervisor.add(runner)
     return MapFuture(call, runner.cancel, display, runner)
 

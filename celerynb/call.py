@@ -117,16 +117,7 @@ class Call:
         self._on_end: list[Callable[[Call], object]] = []
         self._settled = False  # ended, and the end's callbacks ran (data cleaned up)
         self._done = threading.Event()  # set with _settled: what result() waits on
-
-    @classmethod
-    def finished(cls, value: object, label: str = "cmap") -> Call:
-        """A call that ran nowhere (empty input) and has ``value``."""
-        call = cls(RangePlan(((),), ()), label=label)
-        call._value, call._joined = value, True
-        call._end(CallState.FINISHED)
-        call._settled = True
-        call._done.set()
-        return call
+        self.waiting_for = "waiting for a worker"  # what a WAITING call waits for
 
     # -- facts ------------------------------------------------------------------------------------
     @property
@@ -147,23 +138,29 @@ class Call:
         return [run.worker if run else None for run in self.runs]
 
     def progress_text(self) -> str:
+        if self.state is CallState.WAITING:
+            return self.waiting_for
         return f"{self._chunks_done} of {self.n_chunks} chunks done"
 
-    def snapshot(self, message: str = "") -> Snapshot:
+    def snapshot(self) -> Snapshot:
         with self._lock:
-            if self.error is not None and not message:
-                message = str(self.error).splitlines()[0] if str(self.error) else ""
+            message = str(self.error).splitlines()[0] if str(self.error or "") else ""
+            if self.state is CallState.WAITING:
+                message = self.waiting_for
             return Snapshot(
                 self.label, self.state, self._chunks_done, self.n_chunks, self._items_done,
                 self.n_items, self.busy, self.started, self.ended, message,
             )  # fmt: skip
 
     # -- transitions ------------------------------------------------------------------------------
-    def start(self) -> None:
-        """WAITING -> RUNNING (a worker appeared); the clock starts again."""
+    def begin(self, plan: ChunkPlan, planner: AdaptivePlanner | None) -> bool:
+        """WAITING -> RUNNING with ``plan`` (workers appeared); False if it ended meanwhile."""
         with self._lock:
-            if self.state is CallState.WAITING:
-                self.state = CallState.RUNNING
+            if self.state is not CallState.WAITING:
+                return False
+            self.plan, self._planner, self.state = plan, planner, CallState.RUNNING
+            self.runs = [None] * len(plan)
+            return True
 
     def receive(self, records: list[Record], busy: int | None = None) -> Reaction:
         """Take the records of finished chunks; what the runner must do next."""
@@ -272,17 +269,6 @@ class Call:
                 return False
         return True
 
-    def _wait_for(self, ready: Callable[[], bool], timeout: float | None) -> bool:
-        """Wait (holding the lock) until ``ready()`` or the call settled, in short slices so
-        that Ctrl-C gets through; whether either happened within ``timeout`` s."""
-        limit = None if timeout is None else time.monotonic() + timeout
-        while not (ready() or self._settled):
-            left = 0.2 if limit is None else min(0.2, limit - time.monotonic())
-            if left <= 0:
-                return False
-            self._changed.wait(left)
-        return True
-
     def value(self) -> Any:
         """The joined result (joined once, then the parts are dropped); raises the call's error."""
         with self._lock:
@@ -302,7 +288,9 @@ class Call:
         yielded = 0
         while yielded < self.n_chunks or not self.planned:
             with self._changed:
-                self._wait_for(functools.partial(self._any_ready, yielded, ordered), timeout)
+                _wait_for(
+                    self._changed, functools.partial(self._any_ready, yielded, ordered), timeout
+                )
                 ready = self._ready(yielded, ordered)
                 if self.error is not None:  # raised once its work is revoked, as result() does
                     self._changed.wait_for(lambda: self._settled)
@@ -317,7 +305,7 @@ class Call:
                 yield item
 
     def _any_ready(self, yielded: int, ordered: bool) -> bool:
-        return bool(self._ready(yielded, ordered))
+        return bool(self._ready(yielded, ordered)) or self._settled
 
     def _ready(self, yielded: int, ordered: bool) -> list[int]:
         if ordered:
@@ -329,3 +317,27 @@ class Call:
 
     def __repr__(self) -> str:
         return f"<Call {self.id[:8]} {self.state.value}: {self.progress_text()}>"
+
+
+def finished_call(value: object, label: str = "cmap") -> Call:
+    """A call that ran nowhere (empty input) and has ``value``."""
+    call = Call(RangePlan(((),), ()), label=label)
+    call._value, call._joined = value, True
+    call._end(CallState.FINISHED)
+    call._settled = True
+    call._done.set()
+    return call
+
+
+def _wait_for(
+    condition: threading.Condition, ready: Callable[[], bool], timeout: float | None
+) -> bool:
+    """Wait (holding ``condition``) until ``ready()``, in short slices so that Ctrl-C gets
+    through; whether it happened within ``timeout`` s (None: no limit)."""
+    limit = None if timeout is None else time.monotonic() + timeout
+    while not ready():
+        left = 0.2 if limit is None else min(0.2, limit - time.monotonic())
+        if left <= 0:
+            return False
+        condition.wait(left)
+    return True

@@ -20,19 +20,25 @@ def limits(opts: SlotOptions) -> dict[str, float]:
 
 
 def publish_slots(
-    app: Celery, queue: str, keys: CallKeys, slots: Iterable[int], opts: SlotOptions
+    app: Celery,
+    queue: str,
+    keys: CallKeys,
+    slots: Iterable[str],
+    opts: SlotOptions,
+    spares: Iterable[str] = (),
 ) -> None:
-    """Send one draining task per slot, in one batch."""
+    """Send one draining task per slot (and per spare: it waits for a joining worker)."""
     with app.producer_or_acquire() as producer, celery_compat.batched(producer):
-        for slot in slots:
+        for slot, spare in [*((s, False) for s in slots), *((s, True) for s in spares)]:
             app.send_task(
                 RUN_CHUNKS,
                 args=(keys.call, slot, opts),
+                kwargs={"spare": spare} if spare else None,
                 task_id=keys.slot_task(slot),
                 queue=queue,
                 ignore_result=True,
                 producer=producer,
-                argsrepr=f"(call={keys.call!r}, slot={slot})",  # not Celery's slow saferepr
+                argsrepr=f"(call={keys.call!r}, slot={slot!r})",  # not Celery's slow saferepr
                 kwargsrepr="{}",
                 **limits(opts),
             )

@@ -110,9 +110,10 @@ class CallOptions:
                 f"got {self.progress!r}"
             )
 
-    def slot(self, zipped: bool, shm: bool) -> SlotOptions:
+    def slot(self, zipped: bool, shm: bool, watch: bool = False) -> SlotOptions:
         """What a draining task needs to know about this call."""
         return SlotOptions(
+            watch=watch,
             attempts=self.attempts,
             retries=self.retries,
             chunk_timeout=self.chunk_timeout,
@@ -129,7 +130,8 @@ class SlotOptions:
 
     ``zipped``: chunks are tuples of several inputs; ``shm``: data may be in
     shm files; ``one``: one chunk per message (per-chunk time limits);
-    ``keep``: results stay on the plane for the reducer.
+    ``keep``: results stay on the plane for the reducer; ``watch``: drop the
+    call if its driver stops refreshing its ``alive`` key (remote clusters).
     """
 
     attempts: int = 3
@@ -139,6 +141,7 @@ class SlotOptions:
     shm: bool = False
     one: bool = False
     keep: bool = False
+    watch: bool = False
 
 
 def signature(positional: str) -> inspect.Signature:

@@ -1,27 +1,32 @@
-"""The I/O of one call on one cluster: store chunks, send tasks, take records, clean up.
+"""The I/O of one call on one cluster: plan, store chunks, send tasks, take records, clean up.
 
 A :class:`CallRunner` feeds its :class:`~celerynb.call.Call` with the records
 the cluster's supervisor reads for it, and acts on what the call says:
 store newly planned chunks, send the reduce task, and, once the call ends,
-revoke what still runs and delete the call's data.
+revoke what still runs and delete the call's data. With no worker yet, the
+call waits (the supervisor asks again each tick) until one appears or
+``worker_wait`` passes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import TYPE_CHECKING
 
 import redis
 
 from . import dispatch
 from .call import Call, CallState, Reaction
-from .errors import CelerynbError
-from .options import SlotOptions
-from .plane import INLINE, check_size, codec, delete
+from .errors import CelerynbError, ClusterError
+from .inputs import nbytes
+from .options import CallOptions
+from .plane import INLINE, check_size, codec, delete, scripts
 from .plane.keys import TTL, CallKeys
 from .plane.records import Record
-from .planning import EARLY_BYTES
+from .planning import EARLY_BYTES, make_plan
 from .progress import Display, NoDisplay
+from .settings import mask_url
 
 if TYPE_CHECKING:
     from redis.client import Pipeline
@@ -34,24 +39,32 @@ OPEN_SECONDS = 10  # workers stop waiting for an open call's chunks when its dri
 
 
 class CallRunner:
-    """Runs ``call`` on ``cluster``: ``job`` is the signed job, ``size`` the inputs' bytes."""
+    """Runs ``call`` over ``inputs`` on ``cluster``; ``job`` is the signed job."""
 
     def __init__(
         self,
         cluster: Cluster,
         call: Call,
         job: bytes,
-        opts: SlotOptions,
-        size: int,
-        display: Display,
+        options: CallOptions,
+        inputs: tuple[object, ...],
     ) -> None:
-        self.cluster, self.call, self.opts, self.size = cluster, call, opts, size
+        self.cluster, self.call, self.options, self.inputs = cluster, call, options, inputs
+        self.size = sum(nbytes(x) for x in inputs)
+        self.opts = options.slot(len(inputs) > 1, cluster.plane.shared, watch=cluster.elastic)
         self.keys = CallKeys(call.id)
-        self.display = display
+        self.display: Display = NoDisplay()
+        self.n_workers = 0  # pool processes when the call began
         self._job = job
         self._slots = 0  # draining tasks sent so far (their slot numbers)
         self._opened = False  # the call's "open" key is set (see _flush)
+        self._stored = False  # the call's keys exist: its driver keeps them alive
         self._reducing = False  # the reduce task was sent
+        self._since = time.monotonic()
+        settings = cluster.settings
+        call.waiting_for = (
+            f"waiting for a worker on queue {settings.queue!r} of {mask_url(settings.broker_url)}"
+        )
         call.on_end(self._ended)
 
     def __repr__(self) -> str:
@@ -59,9 +72,20 @@ class CallRunner:
 
     # -- submission -------------------------------------------------------------------------------
     def start(self) -> None:
-        """Store the job and the chunks, send the draining tasks (once the first batch is in)."""
+        """Plan and store the call and send its tasks, if there are workers (else it waits)."""
         check_size(self._job, "func (with everything it refers to)", "pass big objects as data")
-        self._store(range(self.call.n_chunks), job=self._job, publish=True)
+        workers = self.cluster.workers()
+        if workers:
+            self._begin(sum(workers.values()))
+
+    def _begin(self, n_workers: int) -> None:
+        o = self.options
+        plan, planner = make_plan(
+            self.inputs, n_workers, self.size, o.chunks, o.chunk_size, fixed=o.reduce is not None
+        )
+        self.n_workers = n_workers
+        if self.call.begin(plan, planner):
+            self._store(range(len(plan)), job=self._job, publish=True)
 
     def _store(self, indices: range, job: bytes = b"", publish: bool = False) -> None:
         """Store chunks ``indices`` in pipelined batches and queue their numbers.
@@ -74,8 +98,10 @@ class CallRunner:
         pipe = self.cluster.redis.pipeline(transaction=False)
         if job:
             pipe.set(self.keys.func, job, ex=TTL)
+            pipe.set(self.keys.alive, 1, ex=int(self.cluster.liveness.driver_grace))
+        pipe.set(self.keys.count, self.call.n_chunks, ex=TTL)
         big_call = self.size >= EARLY_BYTES
-        early, batch = (self.cluster.n_workers, EARLY_BATCH) if big_call else (0, PUSH_BYTES)
+        early, batch = (self.n_workers, EARLY_BATCH) if big_call else (0, PUSH_BYTES)
         buffered, queued = 0, []
         for n, i in enumerate(indices, 1):
             try:
@@ -116,26 +142,61 @@ class CallRunner:
             pipe.unlink(self.keys.open)
             self._opened = False
         pipe.execute()
+        self._stored = True
 
-    def _publish(self, n_chunks: int, held: list[int] | None = None) -> None:
+    def _publish(self, n_chunks: int, held: list[str] | None = None, spare: bool = True) -> None:
         """Send draining tasks for ``n_chunks`` newly queued chunks, plus the ``held`` slots
         again (they resume the chunk they held): one per pool process, or one per chunk
-        with ``chunk_timeout`` (a per-task limit)."""
-        fresh = n_chunks if self.opts.one else min(n_chunks, self.cluster.n_workers)
-        slots = [*(held or []), *range(self._slots, self._slots + fresh)]
+        with ``chunk_timeout`` (a per-task limit). An elastic cluster also gets a spare
+        message for a worker that joins."""
+        fresh = n_chunks if self.opts.one else min(n_chunks, max(self.n_workers, 1))
+        slots = [*(held or []), *(str(s) for s in range(self._slots, self._slots + fresh))]
         self._slots += fresh
+        spares = []
+        if spare and self.cluster.elastic and not self.opts.one:
+            spares, self._slots = [str(self._slots)], self._slots + 1
         dispatch.publish_slots(
-            self.cluster.app, self.cluster.settings.queue, self.keys, slots, self.opts
+            self.cluster.app, self.cluster.settings.queue, self.keys, slots, self.opts, spares
         )
 
     # -- what the supervisor drives ---------------------------------------------------------------
-    def before_poll(self, pipe: Pipeline) -> None:
-        """Commands of this call for the supervisor's next round trip."""
-        if not self.call.planned:  # keep the call open for the probes' draining tasks
-            pipe.expire(self.keys.open, OPEN_SECONDS)
+    def poll_waiting(self, now: float) -> None:
+        """A waiting call: start it once a worker appears, fail it after ``worker_wait``."""
+        workers = self.cluster.workers(max_age=0.25)
+        if workers:
+            self._begin(sum(workers.values()))
+        elif now - self._since > self.cluster.liveness.worker_wait:
+            s = self.cluster.settings
+            self.call.fail(
+                ClusterError(
+                    f"no celerynb worker answers on queue {s.queue!r} of broker "
+                    f"{mask_url(s.broker_url)} (waited {now - self._since:.0f} s): start one "
+                    "with `celerynb worker --broker URL` and the same CELERYNB_SECRET"
+                )
+            )
+        self.display.update(self.call.snapshot())
 
-    def receive(self, blobs: list[bytes], busy: int) -> None:
-        """Decode and fetch the records of one poll, feed them to the call, act."""
+    def before_poll(self, pipe: Pipeline) -> int:
+        """Queue this call's commands for the supervisor's next round trip; how many."""
+        pipe.expire(self.keys.alive, int(self.cluster.liveness.driver_grace))
+        if self.call.planned:
+            return 1
+        pipe.expire(self.keys.open, OPEN_SECONDS)  # the probes' draining tasks wait for more
+        return 2
+
+    def receive(self, blobs: list[bytes], busy: int, replies: list[object]) -> None:
+        """Decode and fetch the records of one poll, feed them to the call, act.
+
+        ``replies``: those of this call's commands from :meth:`before_poll`.
+        """
+        if replies and not replies[0] and self._stored and not blobs:
+            self.call.fail(
+                ClusterError(
+                    "the workers dropped this call: its driver gave no sign of life for "
+                    f"{self.cluster.liveness.driver_grace:.0f} s (was the process suspended?)"
+                )
+            )
+            return
         secret = self.cluster.settings.secret
         records: list[Record] = [codec.loads(secret, blob) for blob in blobs]
         del blobs
@@ -160,15 +221,27 @@ class CallRunner:
                 self.opts.shm,
             )
 
+    def workers_lost(self, dead: list[str]) -> None:
+        """Workers stopped beating: their slots' chunks go back to the queue, fresh draining
+        tasks replace them (and a lost reduce task is sent again)."""
+        if self.call.state is not CallState.RUNNING or not self._stored:
+            return
+        moved = scripts.requeue(self.cluster.redis, self.keys, dead)
+        if moved:
+            self._publish(moved)
+        if self._reducing:
+            self._reducing = False
+            self._act(Reaction(reduce=True))
+
     def worker_restarted(self) -> None:
         """The embedded worker died and was replaced: re-send what it held."""
-        if self.call.state.ended:
+        if self.call.state is not CallState.RUNNING:
             return
         if self._reducing:
             self._reducing = False
             self._act(Reaction(reduce=True))
             return
-        held = [int(s) for s in self.cluster.redis.hkeys(self.keys.slots)]
+        held = [_text(s) for s in self.cluster.redis.hkeys(self.keys.slots)]
         done = self.call.snapshot().chunks_done
         self._publish(self.call.n_chunks - done, held)
 
@@ -189,8 +262,8 @@ class CallRunner:
         """Queued chunks become no-ops (their keys go first); running ones are terminated."""
         with contextlib.suppress(redis.RedisError):
             delete(self.cluster.redis, [self.keys.chunk(i) for i in range(self.call.n_chunks)])
-            slots = set(self.cluster.redis.hgetall(self.keys.running).values())
-            ids = [self.keys.slot_task(int(s)) for s in slots]
+            slots = {_text(s) for s in self.cluster.redis.hgetall(self.keys.running).values()}
+            ids = [self.keys.slot_task(s) for s in sorted(slots)]
             if self._reducing:
                 ids.append(self.keys.reduce_task)
             # Celery records revoked tasks in the backend: remove those records later
@@ -199,3 +272,7 @@ class CallRunner:
     def _cleanup(self) -> None:
         with contextlib.suppress(redis.RedisError):
             self.cluster.plane.delete_call(self.keys, self.call.n_chunks)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

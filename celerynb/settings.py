@@ -19,6 +19,9 @@ ENV_EMBEDDED = "CELERYNB_EMBEDDED"  # set for the worker of a LocalCluster
 ENV_READY_FD = "CELERYNB_READY_FD"  # where a LocalCluster's worker reports ready
 ENV_SHM_DIR = "CELERYNB_SHM_DIR"  # the embedded cluster's shared-memory directory
 ENV_SHM_ROOT = "CELERYNB_SHM_ROOT"  # where the embedded cluster makes it (or "off")
+ENV_WORKER_WAIT = "CELERYNB_WORKER_WAIT"
+ENV_HEARTBEAT = "CELERYNB_HEARTBEAT"
+ENV_HEARTBEAT_GRACE = "CELERYNB_HEARTBEAT_GRACE"
 
 RUN_CHUNKS = "celerynb.run_chunks"  # the draining task: every chunk of every call
 REDUCE = "celerynb.reduce"  # a reduce= call's final task
@@ -92,6 +95,53 @@ class Settings:
             ENV_SECRET: self.secret,
             ENV_QUEUE: self.queue,
         }
+
+
+def _seconds(name: str, default: float) -> float:
+    text = os.environ.get(name, "")
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """How workers and drivers tell each other they are alive. Defaults:
+
+    - ``heartbeat=1.0``: seconds between a worker's beats (``CELERYNB_HEARTBEAT``,
+      read by the worker);
+    - ``grace=6.0``: seconds without a beat after which a driver counts a
+      worker as dead and runs its chunks elsewhere (``CELERYNB_HEARTBEAT_GRACE``);
+    - ``worker_wait=60.0``: seconds a call waits for a first worker before it
+      fails (``CELERYNB_WORKER_WAIT``, or ``connect(worker_wait=)``);
+    - ``driver_grace=10.0``: seconds without a sign of its driver after which
+      workers drop a call (its notebook died) and delete its data.
+    """
+
+    heartbeat: float = 1.0
+    grace: float = 6.0
+    worker_wait: float = 60.0
+    driver_grace: float = 10.0
+
+    @classmethod
+    def from_env(cls, **overrides: float | None) -> Liveness:
+        """Defaults, then the ``CELERYNB_*`` variables, then non-None ``overrides``."""
+        base = cls()
+        values = {
+            "heartbeat": _seconds(ENV_HEARTBEAT, base.heartbeat),
+            "grace": _seconds(ENV_HEARTBEAT_GRACE, base.grace),
+            "worker_wait": _seconds(ENV_WORKER_WAIT, base.worker_wait),
+        }
+        for name, value in overrides.items():
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                    raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+                values[name] = float(value)
+        return cls(**values)
 
 
 def make_app(settings: Settings, main: str = "celerynb", driver: bool = False) -> Celery:

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from celerynb.cluster.procs import free_port
+from celerynb.procs import free_port
 
 CHROMIUM = Path(os.environ.get("CELERYNB_CHROMIUM", "/usr/bin/chromium"))
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from celerynb import CancelledError, ChunkError
-from celerynb.call import Call, CallState
+from celerynb.call import Call, CallState, finished_call
 from celerynb.errors import RemoteFailure
 from celerynb.options import CallOptions, signature
 from celerynb.plane import INLINE, RedisPlane, codec
@@ -153,7 +153,7 @@ def test_stream_times_out_without_records() -> None:
 
 
 def test_a_finished_empty_call() -> None:
-    call = Call.finished([], label="cmap(f)")
+    call = finished_call([], label="cmap(f)")
     assert call.state is CallState.FINISHED and call.wait(0) and call.value() == []
     assert call.n_chunks == 0 and call.snapshot().label == "cmap(f)"
 

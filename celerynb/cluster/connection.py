@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import json
 import time
 from typing import TYPE_CHECKING
 
@@ -12,8 +13,10 @@ from celery import Celery
 
 from .. import plane
 from ..errors import ClusterError
-from ..plane import DataPlane, RedisPlane, ShmPlane
-from ..settings import Settings, make_app, mask_url
+from ..plane import DataPlane, RedisPlane, ShmPlane, scripts
+from ..plane.keys import WorkerKeys
+from ..plane.scripts import Roll
+from ..settings import Liveness, Settings, make_app, mask_url
 from . import registry
 from .supervisor import Supervisor
 
@@ -25,13 +28,21 @@ class Cluster:
     """A connection to a Celery deployment: its Celery app, its Redis store, its workers.
 
     Made by :func:`connect`; use as a context manager to close it on exit.
-    ``shm``: a shared-memory store for big data (embedded clusters only).
+    ``shm``: a shared-memory store for big data (embedded clusters only);
+    ``liveness``: heartbeat grace, worker wait (default: ``Liveness.from_env()``).
+    Workers are known from their heartbeats in the store: a worker that joins
+    is seen at once, one that stops beating for ``liveness.grace`` s is dead
+    and its chunks run elsewhere.
     """
 
     kind = "remote"
+    elastic = True  # workers may join, leave and die: calls keep a spare message queued
     broker_timeout = 30.0  # seconds a call tolerates an unreachable store before failing
 
-    def __init__(self, settings: Settings, shm: ShmStore | None = None) -> None:
+    def __init__(
+        self, settings: Settings, shm: ShmStore | None = None, liveness: Liveness | None = None
+    ) -> None:
+        self.liveness = liveness or Liveness.from_env()
         self._open(settings, shm)
 
     def _open(self, settings: Settings, shm: ShmStore | None) -> None:
@@ -46,7 +57,7 @@ class Cluster:
         )
         self.supervisor = Supervisor(self)
         self.closed = False
-        self._workers: tuple[float, dict[str, int]] = (0.0, {})
+        self._roll: tuple[float, Roll] = (0.0, Roll({}, []))
         self._leftovers: list[tuple[float, list[str]]] = []
 
     # -- what calls need --------------------------------------------------------------------------
@@ -68,18 +79,26 @@ class Cluster:
                     f"cannot reach the broker at {mask_url(self.settings.broker_url)}: {exc}"
                 ) from None
 
-    def workers(self, max_age: float = 30.0) -> dict[str, int]:
-        """Worker name -> pool size of the workers on this cluster's queue (cached)."""
-        stamp, known = self._workers
-        if known and time.monotonic() - stamp < max_age:
-            return known
-        inspect = self.app.control.inspect(timeout=1.0)
-        stats = inspect.stats() or {}
-        found = {
-            name: int(info.get("pool", {}).get("max-concurrency", 1))
-            for name, info in stats.items()
-        }
-        self._workers = (time.monotonic(), found)
+    def roll(self, max_age: float = 0.0) -> Roll:
+        """The queue's worker registry: who beats, who stopped (reused for ``max_age`` s)."""
+        stamp, known = self._roll
+        if time.monotonic() - stamp >= max_age:
+            known = scripts.roll(self.redis, WorkerKeys(self.settings.queue), self.liveness.grace)
+            self._roll = (time.monotonic(), known)
+        return known
+
+    def workers(self, max_age: float = 0.5) -> dict[str, int]:
+        """Worker name -> pool size of the live workers on this cluster's queue, from their
+        heartbeats (``max_age``: seconds an earlier reading may be reused). A worker in a
+        warm shutdown is not counted."""
+        found = {}
+        for name, text in self.roll(max_age).alive.items():
+            try:
+                info = json.loads(text)
+            except ValueError:
+                info = {}
+            if info.get("state") != "leaving":
+                found[name] = int(info.get("concurrency", 1))
         return found
 
     @property

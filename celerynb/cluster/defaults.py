@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ..errors import ClusterError
-from ..settings import ENV_BROKER, Settings
+from ..settings import ENV_BROKER, Liveness, Settings
 from . import registry
 from .connection import Cluster
 from .local import LocalCluster
@@ -17,20 +17,27 @@ def connect(
     *,
     secret: str | None = None,
     queue: str | None = None,
+    worker_wait: float | None = None,
+    heartbeat_grace: float | None = None,
 ) -> Cluster:
     """Use an existing deployment for the following ``cmap`` calls.
 
     Unset arguments come from ``CELERYNB_BROKER_URL``, ``CELERYNB_RESULT_BACKEND``,
-    ``CELERYNB_SECRET`` and ``CELERYNB_QUEUE``. ``backend_url`` defaults to the
-    broker URL and must be Redis. Fails in a few seconds if unreachable.
+    ``CELERYNB_SECRET``, ``CELERYNB_QUEUE``, ``CELERYNB_WORKER_WAIT`` and
+    ``CELERYNB_HEARTBEAT_GRACE``. ``backend_url`` defaults to the broker URL and
+    must be Redis. ``worker_wait``: seconds a call waits for a first worker
+    (default 60); ``heartbeat_grace``: seconds without a worker's heartbeat
+    before its chunks run elsewhere (default 6). Fails in a few seconds if the
+    broker or the store is unreachable (workers may start later).
     """
     try:
         settings = Settings.from_env(
             broker_url=broker_url, backend_url=backend_url, secret=secret, queue=queue
         )
+        liveness = Liveness.from_env(worker_wait=worker_wait, grace=heartbeat_grace)
     except ValueError as exc:
         raise ClusterError(str(exc)) from None
-    cluster = Cluster(settings)
+    cluster = Cluster(settings, liveness=liveness)
     try:
         cluster.check()
     except BaseException:

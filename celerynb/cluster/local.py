@@ -18,10 +18,7 @@ from .. import celery_compat
 from ..errors import ClusterError
 from ..plane.codec import new_secret
 from ..plane.shm import DEFAULT_ROOT, ShmStore
-from ..settings import ENV_EMBEDDED, ENV_READY_FD, ENV_SHM_DIR, ENV_SHM_ROOT, Settings, mask_url
-from . import registry
-from .connection import Cluster
-from .procs import (
+from ..procs import (
     ReadyWaiter,
     alive,
     children,
@@ -33,6 +30,17 @@ from .procs import (
     tail,
     usable_cores,
 )
+from ..settings import (
+    ENV_EMBEDDED,
+    ENV_READY_FD,
+    ENV_SHM_DIR,
+    ENV_SHM_ROOT,
+    Liveness,
+    Settings,
+    mask_url,
+)
+from . import registry
+from .connection import Cluster
 
 
 class EmbeddedProcesses:
@@ -215,6 +223,7 @@ class LocalCluster(Cluster):
     """
 
     kind = "local"
+    elastic = False  # one worker, watched as a process: no heartbeats, no spare messages
 
     def __init__(self, n_workers: int | None = None, *, timeout: float = 60.0) -> None:
         if n_workers is not None and (
@@ -224,28 +233,24 @@ class LocalCluster(Cluster):
         self.concurrency = n_workers or usable_cores()
         self.timeout = timeout
         self.generation = 0  # bumped each time a dead worker is replaced
+        self.liveness = Liveness.from_env()
         self._restart_lock = threading.Lock()
-        started = time.perf_counter()
-        procs, settings, ready_fd = self._launch()
+        self._boot()  # makes the Cluster part too (Cluster._open), as restart() does
+
+    def _boot(self) -> None:
+        """Start redis-server and the worker, connect, wait until the worker is ready."""
+        started, secret = time.perf_counter(), new_secret()
+        self._shm_store = _shared_memory(secret)
+        self._procs = procs = EmbeddedProcesses(self.concurrency, self.timeout)
         try:
-            super().__init__(settings, self._shm_store)
+            settings, ready_fd = procs.start(secret, self._shm_store)
+            self._open(settings, self._shm_store)
             procs.wait_ready(ready_fd, self)
         except BaseException:
             self._shutdown(procs)
             raise
         self.startup_seconds = time.perf_counter() - started
         registry.set_current(self)
-
-    def _launch(self) -> tuple[EmbeddedProcesses, Settings, int]:
-        secret = new_secret()
-        self._shm_store = _shared_memory(secret)
-        self._procs = EmbeddedProcesses(self.concurrency, self.timeout)
-        try:
-            settings, ready_fd = self._procs.start(secret, self._shm_store)
-        except BaseException:
-            self._shutdown(self._procs)
-            raise
-        return self._procs, settings, ready_fd
 
     def _shutdown(self, procs: EmbeddedProcesses) -> None:
         procs.stop()
@@ -278,7 +283,7 @@ class LocalCluster(Cluster):
         """The last lines of the worker's log."""
         return self._procs.worker_log(lines)
 
-    def workers(self, max_age: float = 30.0) -> dict[str, int]:
+    def workers(self, max_age: float = 0.5) -> dict[str, int]:
         return {self.hostname: self.concurrency}
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -302,16 +307,7 @@ class LocalCluster(Cluster):
     def restart(self) -> None:
         """Stop everything and start afresh (new Redis, new worker, same size)."""
         self.close()
-        started = time.perf_counter()
-        procs, settings, ready_fd = self._launch()
-        try:
-            self._open(settings, self._shm_store)
-            procs.wait_ready(ready_fd, self)
-        except BaseException:
-            self._shutdown(procs)
-            raise
-        self.startup_seconds = time.perf_counter() - started
-        registry.set_current(self)
+        self._boot()
 
     def close(self) -> None:
         """Stop the worker and redis-server and remove the temp dir (idempotent)."""

@@ -2,10 +2,13 @@
 
 Each tick is one Redis round trip for all calls in flight: a blocking pop
 over their ``done`` lists (up to ``TICK`` s), then the rest of each list and
-its count of running chunks. The supervisor also times calls out, replaces
-a dead embedded worker (then its calls re-send what it held), fails the
-calls when the store has been unreachable for ``broker_timeout`` s, and
-sweeps deferred key deletions. A call never polls Redis on its own thread.
+its count of running chunks (and each call's sign of life for its workers).
+The supervisor also starts waiting calls once a worker appears, times calls
+out, watches the workers' heartbeats (a remote worker that stops beating:
+its chunks run elsewhere) or the embedded worker's process (replaced if it
+dies), fails the calls when the store has been unreachable for
+``broker_timeout`` s, and sweeps deferred key deletions. A call never polls
+Redis on its own thread.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from ..call import CallState
 from ..errors import ClusterError
 
 if TYPE_CHECKING:
@@ -25,6 +29,7 @@ if TYPE_CHECKING:
     from .connection import Cluster
 
 TICK = 0.08  # seconds a poll waits for news before the displays are refreshed
+ROLL_EVERY = 0.5  # seconds between two looks at the workers' heartbeats (remote clusters)
 IDLE = 1.0  # seconds between sweeps while no call runs
 
 
@@ -41,6 +46,8 @@ class Supervisor:
         self._in_tick = False
         self._wake_key = f"celerynb:wake:{uuid.uuid4().hex}"
         self._unreachable_since: float | None = None
+        self._next_roll = 0.0
+        self._dead_handled: set[str] = set()
 
     def __repr__(self) -> str:
         return f"<Supervisor of {len(self._runners)} call(s)>"
@@ -100,36 +107,63 @@ class Supervisor:
                     self._in_tick = False
 
     def _tick(self, runners: list[CallRunner]) -> None:
-        cluster = self._cluster
+        cluster, now = self._cluster, time.monotonic()
         if cluster.ensure_worker():
             for runner in runners:
                 runner.worker_restarted()
-        now = time.monotonic()
-        runners = [r for r in runners if not r.call.check_deadline(now)]
+        if cluster.elastic and now >= self._next_roll:
+            self._watch_workers(runners)
+            self._next_roll = now + ROLL_EVERY
+        waiting = [r for r in runners if r.call.state is CallState.WAITING]
+        for runner in waiting:
+            runner.poll_waiting(now)
+        runners = [r for r in runners if r not in waiting and not r.call.check_deadline(now)]
+        if not runners:
+            self._wake.wait(TICK)
+            self._wake.clear()
+            return
         pipe = cluster.redis.pipeline(transaction=False)
-        for runner in runners:
-            runner.before_poll(pipe)
-        skip = len(pipe)
+        counts = [runner.before_poll(pipe) for runner in runners]
         pipe.blpop([r.keys.done for r in runners] + [self._wake_key], timeout=TICK)
         for runner in runners:
             pipe.lpop(runner.keys.done, 1000)
             pipe.hlen(runner.keys.running)
         try:
-            replies = pipe.execute()[skip:]
+            replies = pipe.execute()
         except redis.ConnectionError as exc:
             self._unreachable(runners, exc)
             return
         self._unreachable_since = None
-        first, rest = replies[0], replies[1:]
+        skip = sum(counts)
+        first, rest = replies[skip], replies[skip + 1 :]
         popped = first[0].decode() if first is not None else ""
-        for i, runner in enumerate(runners):
+        start = 0
+        for i, (runner, count) in enumerate(zip(runners, counts, strict=True)):
+            own, start = replies[start : start + count], start + count
             blobs = [first[1]] if popped == runner.keys.done else []
             blobs += rest[2 * i] or []
             try:
-                runner.receive(blobs, int(rest[2 * i + 1] or 0))
+                runner.receive(blobs, int(rest[2 * i + 1] or 0), own)
             except Exception as exc:
                 runner.call.fail(exc)
         cluster.sweep()
+
+    def _watch_workers(self, runners: list[CallRunner]) -> None:
+        """Workers that stopped beating: their calls' chunks run elsewhere (once per death)."""
+        try:
+            roll = self._cluster.roll()
+        except redis.RedisError:
+            return
+        self._dead_handled &= set(roll.dead)  # a worker that beats again may die again
+        fresh = sorted(set(roll.dead) - self._dead_handled)
+        if not fresh:
+            return
+        self._dead_handled.update(fresh)
+        for runner in runners:
+            try:
+                runner.workers_lost(fresh)
+            except Exception as exc:
+                runner.call.fail(exc)
 
     def _unreachable(self, runners: list[CallRunner], exc: Exception) -> None:
         now = time.monotonic()

@@ -56,6 +56,26 @@ class CallKeys:
         return self.base + "slots"
 
     @cached_property
+    def owners(self) -> str:
+        """Hash: slot -> the worker running it (its chunk moves on if that worker dies)."""
+        return self.base + "owners"
+
+    @cached_property
+    def fenced(self) -> str:
+        """Set of slots whose worker was given up for dead: they take nothing more."""
+        return self.base + "fenced"
+
+    @cached_property
+    def alive(self) -> str:
+        """Refreshed by the driver while it lives; workers drop the call once it expires."""
+        return self.base + "alive"
+
+    @cached_property
+    def count(self) -> str:
+        """How many chunks the driver stored (what a reaper deletes)."""
+        return self.base + "count"
+
+    @cached_property
     def open(self) -> str:
         """Set while the driver may still queue chunks (stored in batches, or planned later)."""
         return self.base + "open"
@@ -71,7 +91,8 @@ class CallKeys:
         """Every key the call may have created."""
         per_chunk = [k for i in range(n_chunks) for k in (self.chunk(i), self.result(i))]
         fixed = [self.func, self.done, self.tries, self.running, self.pending, self.slots]
-        return [*fixed, self.open, self.result(REDUCED), *per_chunk]
+        fixed += [self.owners, self.fenced, self.alive, self.count, self.open]
+        return [*fixed, self.result(REDUCED), *per_chunk]
 
     def chunk_file(self, index: int) -> str:
         return f"{self.call}-c{index}"
@@ -86,7 +107,7 @@ class CallKeys:
         ]
         return [*names, self.result_file(REDUCED)]
 
-    def slot_task(self, slot: int) -> str:
+    def slot_task(self, slot: str) -> str:
         """The Celery task id of the draining task ``slot``."""
         return f"celerynb-{self.call}-s{slot}"
 
@@ -94,3 +115,20 @@ class CallKeys:
     def reduce_task(self) -> str:
         """The Celery task id of the reduce task."""
         return f"celerynb-{self.call}-reduce"
+
+
+@dataclass(frozen=True)
+class WorkerKeys:
+    """The registry of the workers on one queue: who beat when, and what they are."""
+
+    queue: str
+
+    @property
+    def beats(self) -> str:
+        """Sorted set: worker -> the (Redis server) time of its last beat."""
+        return f"{PREFIX}workers:{{{self.queue}}}"
+
+    @property
+    def info(self) -> str:
+        """Hash: worker -> its pool size and state (JSON)."""
+        return f"{PREFIX}workers:{{{self.queue}}}:info"

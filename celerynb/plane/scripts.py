@@ -11,17 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .keys import TTL, CallKeys
+from .keys import TTL, CallKeys, WorkerKeys
 
 if TYPE_CHECKING:
     import redis
     from redis.commands.core import Script
 
-# ARGV: base, slot, ttl, prev, record, take, have_job, inline_max (see _argv)
-# Returns {accepted, index, tries, job, chunk, pending}: index is false when there
-# is nothing to take (pending: chunks left, -1 if the call is still open: more may
-# come); job '' if the worker holds it already, false if it is gone; chunk false
-# when over inline_max bytes (GET it).
+# ARGV: base, slot, ttl, prev, record, take, have_job, inline_max, worker, watch
+# (see next_chunk). Returns {accepted, index, tries, job, chunk, pending}: index
+# is false when nothing was taken; pending: chunks left to take, OPEN if none but
+# the call may queue more, ABANDONED if its driver is gone (watch = '1'); job ''
+# if the worker holds it already, false if it is gone; chunk false when over
+# inline_max bytes (GET it). A fenced slot (its worker was given up for dead)
+# takes nothing more.
 _NEXT = """
 local base, slot, ttl = ARGV[1], ARGV[2], ARGV[3]
 local prev = ARGV[4]
@@ -38,20 +40,39 @@ if prev ~= '' then
     redis.call('UNLINK', base .. 'result:' .. prev)
   end
 end
-local left = redis.call('LLEN', base .. 'pending')
-if left == 0 and redis.call('EXISTS', base .. 'open') == 1 then left = -1 end
-if ARGV[6] ~= '1' then return {accepted, false, 0, false, false, left} end
+if ARGV[10] == '1' and redis.call('EXISTS', base .. 'alive') == 0 then
+  return {accepted, false, 0, false, false, -2}
+end
+local fenced = redis.call('SISMEMBER', base .. 'fenced', slot) == 1
+if ARGV[6] ~= '1' or fenced then
+  redis.call('HDEL', base .. 'owners', slot)
+  local left = 0
+  if not fenced then
+    left = redis.call('LLEN', base .. 'pending')
+    if left == 0 and redis.call('EXISTS', base .. 'open') == 1 then left = -1 end
+  end
+  return {accepted, false, 0, false, false, left}
+end
 local index = redis.call('HGET', base .. 'slots', slot)
-if not index then index = redis.call('LPOP', base .. 'pending') end
-if not index then return {accepted, false, 0, false, false, left} end
-if redis.call('EXISTS', base .. 'chunk:' .. index) == 0 then
+if index and redis.call('EXISTS', base .. 'chunk:' .. index) == 0 then
   redis.call('HDEL', base .. 'slots', slot)
-  return {accepted, false, 0, false, false, 0}
+  index = false
+end
+while not index do
+  index = redis.call('LPOP', base .. 'pending')
+  if not index then break end
+  if redis.call('EXISTS', base .. 'chunk:' .. index) == 0 then index = false end
+end
+if not index then
+  redis.call('HDEL', base .. 'owners', slot)
+  local left = redis.call('EXISTS', base .. 'open') == 1 and -1 or 0
+  return {accepted, false, 0, false, false, left}
 end
 local tries = redis.call('HINCRBY', base .. 'tries', index, 1)
 redis.call('HSET', base .. 'running', index, slot)
 redis.call('HSET', base .. 'slots', slot, index)
-for _, name in ipairs({'tries', 'running', 'slots'}) do
+redis.call('HSET', base .. 'owners', slot, ARGV[9])
+for _, name in ipairs({'tries', 'running', 'slots', 'owners'}) do
   redis.call('EXPIRE', base .. name, ttl)
 end
 local job
@@ -64,10 +85,87 @@ local chunk = false
 if redis.call('STRLEN', base .. 'chunk:' .. index) <= tonumber(ARGV[8]) then
   chunk = redis.call('GET', base .. 'chunk:' .. index)
 end
-return {accepted, tonumber(index), tries, job, chunk, 0}
+return {accepted, tonumber(index), tries, job, chunk, redis.call('LLEN', base .. 'pending')}
+"""
+
+# Driver, when workers died: every slot they ran gives its chunk back (to the head
+# of the pending list) and is fenced. ARGV: base, ttl, dead workers. Returns how
+# many slots were fenced.
+_REQUEUE = """
+local base = ARGV[1]
+local dead = {}
+for i = 3, #ARGV do dead[ARGV[i]] = true end
+local owners = redis.call('HGETALL', base .. 'owners')
+local moved = 0
+for i = 1, #owners, 2 do
+  local slot, owner = owners[i], owners[i + 1]
+  if dead[owner] then
+    local index = redis.call('HGET', base .. 'slots', slot)
+    redis.call('HDEL', base .. 'slots', slot)
+    redis.call('HDEL', base .. 'owners', slot)
+    redis.call('SADD', base .. 'fenced', slot)
+    redis.call('EXPIRE', base .. 'fenced', ARGV[2])
+    if index then
+      redis.call('HDEL', base .. 'running', index)
+      if redis.call('EXISTS', base .. 'chunk:' .. index) == 1 then
+        redis.call('LPUSH', base .. 'pending', index)
+      end
+    end
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+# Worker, for a call whose driver is gone: delete all of it. ARGV: base.
+_REAP = """
+local base = ARGV[1]
+local n = tonumber(redis.call('GET', base .. 'count') or '0')
+for i = 0, n - 1 do
+  redis.call('UNLINK', base .. 'chunk:' .. i, base .. 'result:' .. i)
+end
+for _, name in ipairs({'func', 'done', 'tries', 'running', 'pending', 'slots', 'owners',
+                       'fenced', 'count', 'open', 'alive', 'result:-1'}) do
+  redis.call('UNLINK', base .. name)
+end
+return n
+"""
+
+# Worker main process: its beat, stamped with the server's clock (no skew between
+# machines). KEYS: beats, info. ARGV: worker, info, seconds to keep the registry.
+_BEAT = """
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], t[1] + t[2] / 1000000, ARGV[1])
+if ARGV[2] == '' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+else
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
+# Driver: the workers that beat within the grace, their info, and the ones that
+# stopped beating (forgotten after ARGV[2] s). KEYS: beats, info. ARGV: grace, forget.
+_ROLL = """
+local t = redis.call('TIME')
+local now = t[1] + t[2] / 1000000
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+if #old > 0 then
+  redis.call('ZREM', KEYS[1], unpack(old))
+  redis.call('HDEL', KEYS[2], unpack(old))
+end
+local alive = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])))
+local infos = {}
+for i, name in ipairs(alive) do infos[i] = redis.call('HGET', KEYS[2], name) or '' end
+return {alive, infos, dead}
 """
 
 OPEN = -1  # Taken.pending when the call may still queue chunks
+ABANDONED = -2  # Taken.pending when the call's driver is gone
 
 
 @dataclass(frozen=True)
@@ -89,37 +187,44 @@ class Taken:
     job_found: bool  # the call's job still exists
     job: bytes | None  # the job, unless the worker holds it already (or it is gone)
     chunk: bytes | None  # the chunk's bytes, None if too big to come inline (GET it)
-    pending: int  # chunks left to take; OPEN: none yet, but the call may queue more
+    pending: int  # chunks left to take; OPEN: none yet, but the call may queue more;
+    # ABANDONED: the call's driver is gone
 
 
-_scripts: dict[int, Script] = {}
-_pushes: dict[int, Script] = {}
+_registered: dict[tuple[int, str], Script] = {}
 
 
-def _script(client: redis.Redis) -> Script:
-    script = _scripts.get(id(client))
+def _script(client: redis.Redis, source: str) -> Script:
+    key = (id(client), source)
+    script = _registered.get(key)
     if script is None:
-        script = _scripts[id(client)] = client.register_script(_NEXT)
+        script = _registered[key] = client.register_script(source)
     return script
 
 
 def forget_clients() -> None:
     """Drop the registered scripts (a forked process makes new clients)."""
-    _scripts.clear()
-    _pushes.clear()
+    _registered.clear()
 
 
 def next_chunk(
     client: redis.Redis,
     keys: CallKeys,
-    slot: int,
+    slot: str,
     report: Report | None,
     *,
     take: bool,
     have_job: bool,
     inline_max: int,
+    worker: str,
+    watch: bool,
 ) -> Taken:
-    """Report ``report`` (if any) and, with ``take``, take the slot's next chunk."""
+    """Report ``report`` (if any) and, with ``take``, take the slot's next chunk.
+
+    ``have_job``: the worker holds the call's job already; ``inline_max``: bytes
+    up to which the chunk comes with the reply; ``worker``: who runs it (its
+    chunk moves on if it dies); ``watch``: drop the call if its driver is gone.
+    """
     argv: list[str | bytes | int] = [
         keys.base,
         slot,
@@ -129,8 +234,10 @@ def next_chunk(
         "1" if take else "0",
         "1" if have_job else "0",
         inline_max,
+        worker,
+        "1" if watch else "0",
     ]
-    script = _script(client)
+    script = _script(client, _NEXT)
     if report is not None and report.parked:  # parked in the same round trip
         pipe = client.pipeline(transaction=False)
         pipe.set(keys.result(report.index), report.parked, ex=TTL)
@@ -165,10 +272,36 @@ def push_record(
     client: redis.Redis, keys: CallKeys, index: int, record: bytes, parked: bytes
 ) -> bool:
     """Push a record for the driver (and park its value) unless the call is gone."""
-    script = _pushes.get(id(client))
-    if script is None:
-        script = _pushes[id(client)] = client.register_script(_PUSH)
-    pushed = script(
+    pushed = _script(client, _PUSH)(
         keys=[keys.func, keys.done, keys.result(index)], args=[record, parked, TTL], client=client
     )
     return bool(pushed)
+
+
+def requeue(client: redis.Redis, keys: CallKeys, dead: list[str]) -> int:
+    """Give the chunks of the slots that ``dead`` workers ran back; how many slots that was."""
+    return int(_script(client, _REQUEUE)(keys=[keys.done], args=[keys.base, TTL, *dead]))
+
+
+def reap(client: redis.Redis, keys: CallKeys) -> None:
+    """Delete everything of a call whose driver is gone."""
+    _script(client, _REAP)(keys=[keys.done], args=[keys.base])
+
+
+def beat(client: redis.Redis, keys: WorkerKeys, worker: str, info: str, keep: float) -> None:
+    """A worker's heartbeat (``info`` '': it leaves the registry)."""
+    _script(client, _BEAT)(keys=[keys.beats, keys.info], args=[worker, info, int(keep)])
+
+
+@dataclass(frozen=True)
+class Roll:
+    """The workers of a queue: alive (name -> info), and those that stopped beating."""
+
+    alive: dict[str, str]
+    dead: list[str]
+
+
+def roll(client: redis.Redis, keys: WorkerKeys, grace: float, forget: float = 3600) -> Roll:
+    names, infos, dead = _script(client, _ROLL)(keys=[keys.beats, keys.info], args=[grace, forget])
+    alive = {n.decode(): i.decode() for n, i in zip(names, infos, strict=True)}
+    return Roll(alive, [d.decode() for d in dead])

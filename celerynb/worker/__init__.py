@@ -7,18 +7,26 @@ one draining task for every call's chunks and one reduce task.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import mmap
 import os
+import socket
 import sys
+import threading
 from collections import OrderedDict
 
 import redis
 from celery import Celery, signals
 
 from .. import plane
-from ..cluster.procs import die_with_parent
 from ..plane import DataPlane, RedisPlane, ShmPlane, codec, scripts
 from ..plane.codec import Job
-from ..settings import ENV_SHM_DIR, Settings, make_app
+from ..plane.keys import WorkerKeys
+from ..procs import die_with_parent
+from ..settings import ENV_SHM_DIR, Liveness, Settings, make_app
+
+log = logging.getLogger(__name__)
 
 try:
     settings: Settings | None = Settings.from_env()
@@ -86,6 +94,58 @@ class Context:
 
 context = Context()
 
+# Set by the main process when a warm shutdown begins; the pool processes (forked
+# after this mapping was made) read it between chunks and hand their slots over.
+_leaving = mmap.mmap(-1, 1)
+
+
+def leaving() -> bool:
+    """Whether this worker is in a warm shutdown: take no more chunks."""
+    return _leaving[0] == 1
+
+
+class Heartbeat(threading.Thread):
+    """The main process's beat in the queue's worker registry (every ``heartbeat`` s).
+
+    It beats while chunks run (the pool processes do the work), says when the
+    worker is leaving, and takes it out of the registry on a clean shutdown.
+    """
+
+    def __init__(self, hostname: str, concurrency: int) -> None:
+        super().__init__(name="celerynb-heartbeat", daemon=True)
+        assert settings is not None
+        self.hostname, self.concurrency = hostname, concurrency
+        self.keys = WorkerKeys(settings.queue)
+        self.interval = Liveness.from_env().heartbeat
+        self.stopped = threading.Event()
+
+    def info(self) -> str:
+        state = "leaving" if leaving() else "up"
+        host, pid = socket.gethostname(), os.getpid()
+        return json.dumps(
+            {"concurrency": self.concurrency, "state": state, "host": host, "pid": pid}
+        )
+
+    def run(self) -> None:
+        assert settings is not None
+        client = plane.connect(settings.backend_url, socket_timeout=5)
+        try:
+            while not self.stopped.is_set():
+                self._beat(client, self.info())
+                self.stopped.wait(self.interval)
+            self._beat(client, "")  # a clean shutdown: out of the registry
+        finally:
+            client.close()
+
+    def _beat(self, client: redis.Redis, info: str) -> None:
+        try:
+            scripts.beat(client, self.keys, self.hostname, info, keep=24 * 3600)
+        except redis.RedisError as exc:
+            log.warning("celerynb heartbeat failed: %s", exc)
+
+
+_heartbeat: Heartbeat | None = None
+
 
 @signals.worker_init.connect
 def _check_settings(**_: object) -> None:
@@ -99,6 +159,31 @@ def _check_settings(**_: object) -> None:
 @signals.worker_process_init.connect
 def _child_init(**_: object) -> None:
     context.reset()
+
+
+@signals.worker_ready.connect
+def _start_beating(sender: object = None, **_: object) -> None:
+    global _heartbeat
+    if settings is None:
+        return
+    controller = getattr(sender, "controller", None)
+    concurrency = int(getattr(controller, "concurrency", 0) or os.cpu_count() or 1)
+    _heartbeat = Heartbeat(
+        str(getattr(sender, "hostname", "") or socket.gethostname()), concurrency
+    )
+    _heartbeat.start()
+
+
+@signals.worker_shutting_down.connect
+def _leave(**_: object) -> None:  # in a signal handler: only flip the flag
+    _leaving[0] = 1
+
+
+@signals.worker_shutdown.connect
+def _stop_beating(**_: object) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stopped.set()
+        _heartbeat.join(10)
     if os.environ.get("CELERYNB_DIE_WITH_PARENT"):
         die_with_parent()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import time
 
 from celery import Task
@@ -15,9 +16,9 @@ from ..plane import INLINE, DataPlane, codec, delete
 from ..plane.codec import Job
 from ..plane.keys import REDUCED, CallKeys
 from ..plane.records import Record, RunMeta, Status
-from ..plane.scripts import OPEN, Report, Taken, next_chunk, push_record
+from ..plane.scripts import ABANDONED, OPEN, Report, Taken, next_chunk, push_record, reap
 from ..settings import REDUCE, RUN_CHUNKS
-from . import app, context
+from . import app, context, leaving
 
 # a draining task hands its slot on to a fresh message after this long
 DRAIN_SECONDS = float(os.environ.get("CELERYNB_DRAIN_SECONDS", "10"))
@@ -97,41 +98,65 @@ def _run_one(
     return Report(index, blob, parked)
 
 
+def _send(task: Task, call: str, slot: str, opts: SlotOptions, spare: bool = False) -> None:
+    """A draining message for ``slot`` on the queue this one came from."""
+    task.app.send_task(
+        RUN_CHUNKS,
+        args=(call, slot, opts),
+        kwargs={"spare": spare},
+        task_id=CallKeys(call).slot_task(slot),
+        queue=celery_compat.delivery_queue(task.request, app.conf.task_default_queue),
+        ignore_result=True,
+        argsrepr=f"(call={call!r}, slot={slot!r})",
+        kwargsrepr="{}",
+    )
+
+
 @app.task(name=RUN_CHUNKS, bind=True)
-def run_chunks(self: Task, call: str, slot: int, opts: SlotOptions) -> int:
+def run_chunks(self: Task, call: str, slot: str, opts: SlotOptions, spare: bool = False) -> int:
     """Run the call's pending chunks one after another; return how many were taken.
 
     One round trip per chunk reports the last chunk and takes the next (see
-    ``plane.scripts``). After ``DRAIN_SECONDS`` the slot goes on in a fresh
-    message, so other calls get their turn and no message stays unacked for long.
+    ``plane.scripts``). After ``DRAIN_SECONDS``, or when this worker begins a
+    warm shutdown, the slot goes on in a fresh message, so other calls (and
+    workers) get their turn and no message stays unacked for long. A ``spare``
+    message waits in the queue for a worker that joins: once it takes a
+    chunk, it queues the next spare.
     """
     ctx, keys, worker = context, CallKeys(call), self.request.hostname or ""
-    plane = ctx.plane(opts.shm)
+    plane, slot = ctx.plane(opts.shm), str(slot)
     stop = time.monotonic() + DRAIN_SECONDS
     report: Report | None = None
     taken = 0
     while True:
-        take = not (opts.one and taken) and time.monotonic() < stop
+        take = not (opts.one and taken) and time.monotonic() < stop and not leaving()
         got = next_chunk(
-            ctx.redis, keys, slot, report, take=take, have_job=call in ctx.jobs, inline_max=INLINE
+            ctx.redis,
+            keys,
+            slot,
+            report,
+            take=take,
+            have_job=call in ctx.jobs,
+            inline_max=INLINE,
+            worker=worker,
+            watch=opts.watch,
         )
         if report is not None and plane.shared:  # its chunk's file (its result's, if unwanted)
             plane.drop(keys, [report.index], results=not got.accepted)
         report = None
+        if got.pending == ABANDONED:  # its notebook is gone: nobody wants the results
+            reap(ctx.redis, keys)
+            return taken
         if got.index is None and got.pending == OPEN and take:  # more chunks may come
             # (the list's last chunk number rotates to its head: nothing is taken)
             ctx.redis.brpoplpush(keys.pending, keys.pending, timeout=OPEN_WAIT)
             continue
         if got.index is None:
-            if got.pending and not opts.one:  # time is up, chunks are left: hand over
-                self.app.send_task(
-                    RUN_CHUNKS,
-                    args=(call, slot, opts),
-                    task_id=self.request.id,
-                    queue=celery_compat.delivery_queue(self.request, app.conf.task_default_queue),
-                    ignore_result=True,
-                )
+            if got.pending and not opts.one:  # time is up (or leaving), chunks are left
+                _send(self, call, slot, opts)
             return taken
+        if spare and not taken and got.pending > 0:  # the spare was taken: queue the next
+            _send(self, call, f"x{secrets.token_hex(4)}", opts, spare=True)
         taken += 1
         report = _run_one(plane, keys, got, opts, worker)
 

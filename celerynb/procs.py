@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ClusterError
+from .errors import ClusterError
 
 _PR_SET_PDEATHSIG = 1
 
