@@ -98,7 +98,6 @@ class CallRunner:
         pipe = self.cluster.redis.pipeline(transaction=False)
         if job:
             pipe.set(self.keys.func, job, ex=TTL)
-            pipe.set(self.keys.alive, 1, ex=int(self.cluster.liveness.driver_grace))
         pipe.set(self.keys.count, self.call.n_chunks, ex=TTL)
         big_call = self.size >= EARLY_BYTES
         early, batch = (self.n_workers, EARLY_BATCH) if big_call else (0, PUSH_BYTES)
@@ -130,6 +129,8 @@ class CallRunner:
             self._publish(len(indices))
 
     def _flush(self, pipe: Pipeline, queued: list[int], last: bool) -> None:
+        # a long store (big data) keeps the call alive for its workers as the supervisor would
+        pipe.set(self.keys.alive, 1, ex=int(self.cluster.liveness.driver_grace))
         if queued:
             pipe.rpush(self.keys.pending, *queued)
             pipe.expire(self.keys.pending, TTL)
