@@ -1,0 +1,115 @@
+"""The data plane's Lua contract, on a real redis-server (the session's embedded one).
+
+Each test plays the workers' and the driver's parts by hand, so the races of
+scale-out are replayed deterministically: a worker given up for dead that
+comes back, a driver that is gone, the worker registry.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+import celerynb
+from celerynb.plane import scripts
+from celerynb.plane.keys import CallKeys, WorkerKeys
+from celerynb.plane.scripts import ABANDONED, OPEN, Report
+
+
+@pytest.fixture
+def client(cluster: celerynb.LocalCluster):  # type: ignore[no-untyped-def]
+    return cluster.redis
+
+
+def store(client, n: int, alive: bool = True) -> CallKeys:  # type: ignore[no-untyped-def]
+    """A call of ``n`` chunks, as a driver stores it."""
+    keys = CallKeys(uuid.uuid4().hex)
+    pipe = client.pipeline()
+    pipe.set(keys.func, b"job")
+    pipe.set(keys.count, n)
+    if alive:
+        pipe.set(keys.alive, 1, ex=30)
+    for i in range(n):
+        pipe.set(keys.chunk(i), f"chunk {i}".encode())
+    if n:
+        pipe.rpush(keys.pending, *range(n))
+    pipe.execute()
+    return keys
+
+
+def take(client, keys, slot, report=None, worker="w1", watch=True, take=True):  # type: ignore[no-untyped-def]
+    return scripts.next_chunk(
+        client, keys, slot, report, take=take, have_job=False, inline_max=1024,
+        worker=worker, watch=watch,
+    )  # fmt: skip
+
+
+def test_a_slot_takes_reports_and_takes_again(client) -> None:  # type: ignore[no-untyped-def]
+    keys = store(client, 3)
+    got = take(client, keys, "0")
+    assert (got.index, got.tries, got.job, got.chunk, got.pending) == (0, 1, b"job", b"chunk 0", 2)
+    assert client.hget(keys.owners, "0") == b"w1"
+    got = take(client, keys, "0", Report(0, b"record 0"))
+    assert got.accepted and got.index == 1 and got.job_found
+    assert client.lrange(keys.done, 0, -1) == [b"record 0"]
+    assert not client.exists(keys.chunk(0))
+    got = take(client, keys, "0", Report(1, b"record 1"), take=False)  # time is up: hand over
+    assert got.accepted and got.index is None and got.pending == 1
+    assert not client.hexists(keys.owners, "0")
+
+
+def test_a_dead_workers_chunk_runs_once_elsewhere_and_its_slot_is_fenced(client) -> None:  # type: ignore[no-untyped-def]
+    keys = store(client, 2)
+    lost = take(client, keys, "0", worker="dead@host")  # takes chunk 0, then its host is lost
+    assert lost.index == 0
+    assert scripts.requeue(client, keys, ["dead@host"]) == 1
+    assert client.lrange(keys.pending, 0, -1) == [b"0", b"1"]  # back at the head
+    assert client.sismember(keys.fenced, "0")
+    again = take(client, keys, "7", worker="alive@host")  # a fresh slot takes it first
+    assert again.index == 0 and again.tries == 2
+    # the lost host comes back and reports chunk 0: counted once, whoever is first
+    back = take(client, keys, "0", Report(0, b"late record"), worker="dead@host")
+    assert back.accepted and back.index is None and back.pending == 0, "fenced: takes nothing"
+    twin = take(client, keys, "7", Report(0, b"second record"), worker="alive@host")
+    assert not twin.accepted and twin.index == 1
+    assert client.lrange(keys.done, 0, -1) == [b"late record"]
+    assert scripts.requeue(client, keys, ["dead@host"]) == 0  # nothing of it left
+
+
+def test_requeue_skips_a_chunk_that_is_done(client) -> None:  # type: ignore[no-untyped-def]
+    keys = store(client, 1)
+    take(client, keys, "0", worker="w-dead")
+    client.delete(keys.chunk(0))  # reported meanwhile by a twin
+    scripts.requeue(client, keys, ["w-dead"])
+    assert client.llen(keys.pending) == 0
+
+
+def test_a_calls_open_state_and_an_abandoned_call(client) -> None:  # type: ignore[no-untyped-def]
+    keys = store(client, 0)
+    client.set(keys.open, 1, ex=10)
+    assert take(client, keys, "0").pending == OPEN
+    gone = store(client, 3, alive=False)
+    got = take(client, gone, "0")
+    assert got.index is None and got.pending == ABANDONED
+    assert take(client, gone, "0", watch=False).index == 0  # embedded calls are not watched
+    scripts.reap(client, gone)
+    assert not client.keys(gone.base.replace("{", "[{]") + "*")
+
+
+def test_the_worker_registry(client) -> None:  # type: ignore[no-untyped-def]
+    keys = WorkerKeys(f"q-{uuid.uuid4().hex[:8]}")
+    info = json.dumps({"concurrency": 2, "state": "up"})
+    scripts.beat(client, keys, "a@h", info, keep=60)
+    scripts.beat(client, keys, "b@h", info, keep=60)
+    roll = scripts.roll(client, keys, grace=5)
+    assert set(roll.alive) == {"a@h", "b@h"} and roll.dead == []
+    client.zadd(keys.beats, {"b@h": time.time() - 10})  # b stopped beating 10 s ago
+    roll = scripts.roll(client, keys, grace=5)
+    assert set(roll.alive) == {"a@h"} and roll.dead == ["b@h"]
+    scripts.beat(client, keys, "a@h", "", keep=60)  # a clean shutdown leaves the registry
+    assert "a@h" not in scripts.roll(client, keys, grace=5).alive
+    roll = scripts.roll(client, keys, grace=5, forget=1)
+    assert roll.dead == [] and not client.exists(keys.info)
