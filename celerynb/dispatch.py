@@ -19,6 +19,11 @@ def limits(opts: SlotOptions) -> dict[str, float]:
     return {"soft_time_limit": timeout, "time_limit": timeout + 10} if timeout else {}
 
 
+def argsrepr(call: str, slot: str, opts: SlotOptions) -> str:
+    """How a draining task shows in monitoring (celery events, Flower): its call and slot."""
+    return f"({opts.label} {call[:8]}, slot {slot})"
+
+
 def publish_slots(
     app: Celery,
     queue: str,
@@ -38,7 +43,7 @@ def publish_slots(
                 queue=queue,
                 ignore_result=True,
                 producer=producer,
-                argsrepr=f"(call={keys.call!r}, slot={slot!r})",  # not Celery's slow saferepr
+                argsrepr=argsrepr(keys.call, slot, opts),  # not Celery's slow saferepr
                 kwargsrepr="{}",
                 **limits(opts),
             )

@@ -71,6 +71,7 @@ class RemoteFailure:
     traceback: str
     exception: BaseException | None = None
     worker: str = ""
+    output: str = ""  # the chunk's last lines of output (print, warnings, logging)
 
 
 def failure_of(exc: BaseException, worker: str) -> RemoteFailure:
@@ -96,15 +97,23 @@ def failure_of(exc: BaseException, worker: str) -> RemoteFailure:
     return RemoteFailure(type(exc).__qualname__, message, text, original, worker)
 
 
-class RemoteTraceback(Exception):
-    """Carries a worker's traceback text as the cause of a ChunkError."""
+def _output_block(output: str) -> list[str]:
+    """The chunk's own output, as shown with its error."""
+    if not output:
+        return []
+    lines = output.rstrip("\n").splitlines()
+    return ["Output of the chunk (its last lines):", *(f"  | {line}" for line in lines)]
 
-    def __init__(self, text: str) -> None:
+
+class RemoteTraceback(Exception):
+    """Carries a worker's traceback text (and the chunk's output) as the cause of a ChunkError."""
+
+    def __init__(self, text: str, output: str = "") -> None:
         super().__init__(text)
-        self.text = text
+        self.text, self.output = text, output
 
     def __str__(self) -> str:
-        return "\n" + self.text.rstrip()
+        return "\n" + "\n".join([*_output_block(self.output), self.text.rstrip()])
 
 
 class ChunkError(CelerynbError):
@@ -113,21 +122,24 @@ class ChunkError(CelerynbError):
     Raised as a subclass of both ``ChunkError`` and the original exception type
     where that is possible, so ``except ValueError`` still catches it. ``chunk``
     says which rows failed, ``original`` is the remote exception (or None if it
-    could not be sent back), ``remote_traceback`` is the worker's traceback text.
+    could not be sent back), ``remote_traceback`` is the worker's traceback text,
+    ``output`` the chunk's last lines of output.
     """
 
     chunk: ChunkInfo
     original: BaseException | None
     remote_traceback: str
     worker: str
+    output: str  # what the chunk printed, warned and logged (its last lines)
 
     def __str__(self) -> str:
         return self.args[0] if self.args else "chunk failed"
 
     def _render_traceback_(self) -> list[str]:
-        """IPython hook: show the remote traceback as if it were local."""
+        """IPython hook: the chunk's output, then the remote traceback as if it were local."""
         return [
             f"ChunkError: {self.args[0].splitlines()[0]}",
+            *_output_block(self.output),
             "Remote traceback (most recent call last, on the worker):",
             *self.remote_traceback.rstrip().splitlines(),
         ]
@@ -171,7 +183,8 @@ class ChunkError(CelerynbError):
         err.original = original
         err.remote_traceback = failure.traceback
         err.worker = failure.worker
-        err.__cause__ = RemoteTraceback(failure.traceback)
+        err.output = failure.output
+        err.__cause__ = RemoteTraceback(failure.traceback, failure.output)
         return err
 
 
@@ -198,6 +211,21 @@ def _codes(root: object, depth: int = 3) -> list[types.CodeType]:
                 names = getattr(obj, "__globals__", {})
                 todo += [(names[n], left - 1) for n in current.co_names if n in names]
     return found
+
+
+_LOCATION = re.compile(r"<dynamic-code>:(\d+):")
+
+
+def localize_location(text: str, *funcs: object) -> str:
+    """``<dynamic-code>:LINE:`` (a warning from a function shipped by value) with its file."""
+    match = _LOCATION.search(text)
+    if match is None:
+        return text
+    lineno = int(match.group(1))
+    for code in (c for f in funcs if f is not None for c in _codes(f)):
+        if lineno in {n for _, _, n in code.co_lines() if n is not None}:
+            return text.replace(match.group(0), f"{code.co_filename}:{lineno}:", 1)
+    return text
 
 
 def localize_traceback(text: str, *funcs: object) -> str:

@@ -82,6 +82,20 @@ class MapFuture(concurrent.futures.Future[Any]):
     def elapsed(self) -> float:
         return self._call.snapshot().elapsed
 
+    def stats(self) -> Any:
+        """A pandas DataFrame, one row per chunk run so far: chunk, items, worker, pid,
+        start, end (UTC), seconds, bytes_in, bytes_out (as stored), tries."""
+        from .stats import frame
+
+        return frame(self._call)
+
+    def timeline(self) -> Any:
+        """A matplotlib Figure of the chunks per worker process over time (shown inline in
+        a notebook; ``.savefig`` works). Needs matplotlib (``celerynb[plot]``)."""
+        from .stats import timeline
+
+        return timeline(self._call)
+
     # -- waiting ----------------------------------------------------------------------------------
     def result(self, timeout: float | None = None) -> Any:
         """Wait up to ``timeout`` s (default: no limit) and return the joined result.

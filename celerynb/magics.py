@@ -7,6 +7,7 @@
     %celerynb stop            stop the current cluster (a remote one: disconnect)
     %celerynb restart         stop it and start / connect a fresh one alike
     %celerynb connect URL     use an existing deployment (CELERYNB_SECRET applies)
+    %celerynb logs [-n N]     the last N lines (default 30) of the embedded worker's log
 
 ``%unload_ext celerynb`` stops the embedded clusters these magics started.
 """
@@ -27,8 +28,8 @@ from .settings import mask_url
 if TYPE_CHECKING:
     from .cluster import Cluster
 
-USAGE = "usage: %celerynb status | start [-n N] | stop | restart | connect URL"
-COMMANDS = ("status", "start", "stop", "restart", "connect")
+USAGE = "usage: %celerynb status | start [-n N] | stop | restart | connect URL | logs [-n N]"
+COMMANDS = ("status", "start", "stop", "restart", "connect", "logs")
 
 #: embedded clusters started by the magics (stopped by %unload_ext)
 _started: list[Cluster] = []
@@ -125,18 +126,23 @@ class CelerynbMagics(Magics):
     @magic_arguments()
     @argument("command", choices=COMMANDS, help="what to do")
     @argument("url", nargs="?", help="the broker URL (connect)")
-    @argument("-n", "--n-workers", type=_positive, help="pool processes (start; default: cores)")
+    @argument(
+        "-n",
+        "--n-workers",
+        type=_positive,
+        help="pool processes (start; default: cores), or lines (logs; default 30)",
+    )
     @line_magic
     def celerynb(self, line: str = "") -> None:
-        """Manage the cluster: status | start [-n N] | stop | restart | connect URL."""
+        """Manage the cluster: status | start [-n N] | stop | restart | connect URL | logs."""
         try:
             args = parse_argstring(self.celerynb, line)
         except (UsageError, ValueError) as exc:
             raise UsageError(f"{str(exc).strip()}\n{USAGE}") from None
         if args.url is not None and args.command != "connect":
             raise UsageError(f"{args.command} takes no arguments, got {args.url!r}\n{USAGE}")
-        if args.n_workers is not None and args.command != "start":
-            raise UsageError(f"-n goes with start only\n{USAGE}")
+        if args.n_workers is not None and args.command not in ("start", "logs"):
+            raise UsageError(f"-n goes with start or logs only\n{USAGE}")
         if args.command == "connect" and args.url is None:
             raise UsageError(f"connect takes one broker URL\n{USAGE}")
         if args.command == "status":
@@ -149,6 +155,8 @@ class CelerynbMagics(Magics):
             self._stop()
         elif args.command == "restart":
             self._restart()
+        elif args.command == "logs":
+            self._logs(args.n_workers or 30)
         else:
             self._connect(args.url)
 
@@ -198,6 +206,25 @@ class CelerynbMagics(Magics):
             settings.broker_url, settings.backend_url, secret=settings.secret, queue=settings.queue
         )
         print(f"celerynb: reconnected: {fresh!r}")
+
+    @staticmethod
+    def _logs(lines: int) -> None:
+        from .cluster import LocalCluster, current
+
+        cluster = current()
+        if isinstance(cluster, LocalCluster):
+            print(f"celerynb: the last {lines} lines of {cluster.dir / 'worker.log'}:")
+            print(cluster.worker_log(lines))
+        elif cluster is None:
+            print("celerynb: no cluster yet: the embedded one writes its worker's log when it runs")
+        else:
+            print(
+                "celerynb: a deployment's workers log on their own machines: the output of "
+                "`celerynb worker` (its terminal, or the service's journal, e.g. "
+                "`journalctl -u celerynb-worker`). What func prints, warns and logs is shown "
+                f"in the calling cell. Workers on queue {cluster.settings.queue!r}: "
+                f"{', '.join(sorted(cluster.workers())) or 'none beating'}"
+            )
 
     @staticmethod
     def _connect(url: str) -> None:

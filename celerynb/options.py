@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
 Progress = bool | Literal["auto", "widget", "text"] | None
+Output = bool | Literal["stream", "end"]
 PROGRESS_CHOICES = (True, False, None, "auto", "widget", "text")
 
 
@@ -26,6 +28,10 @@ class CallKwargs(TypedDict, total=False):
     retries: int
     chunk_timeout: float | None
     attempts: int
+    output: Output
+    output_lines: int
+    output_bytes: int
+    log_level: int | str
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,13 @@ class CallOptions:
     - ``retries=0``: re-runs of a chunk whose ``func`` raised;
     - ``chunk_timeout=None``: seconds one chunk may run;
     - ``attempts=3``: deliveries of a chunk whose worker process died
-      (killed, out of memory) before the call fails.
+      (killed, out of memory) before the call fails;
+    - ``output="stream"``: what ``func`` prints, warns and logs is shown in
+      the calling cell as it arrives, each line marked with its chunk
+      (``"end"``: all after the call, in chunk order; False: dropped);
+    - ``output_lines=1000``, ``output_bytes=1 MiB``: past these, a call's
+      output is counted, not shown;
+    - ``log_level="WARNING"``: log records of this level and up are shown.
     """
 
     args: tuple[Any, ...] = ()
@@ -57,6 +69,10 @@ class CallOptions:
     retries: int = 0
     chunk_timeout: float | None = None
     attempts: int = 3
+    output: Output = "stream"
+    output_lines: int = 1000
+    output_bytes: int = 2**20
+    log_level: int | str = "WARNING"
 
     @classmethod
     def make(cls, **given: Any) -> CallOptions:
@@ -87,7 +103,12 @@ class CallOptions:
                 isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
             ):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-        for name, low in (("retries", 0), ("attempts", 1)):
+        for name, low in (
+            ("retries", 0),
+            ("attempts", 1),
+            ("output_lines", 0),
+            ("output_bytes", 0),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -99,6 +120,9 @@ class CallOptions:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.chunks is not None and self.chunk_size is not None:
             raise ValueError("pass chunks= or chunk_size=, not both")
+        if not (isinstance(self.output, bool) or self.output in ("stream", "end")):
+            raise ValueError(f"output must be 'stream', 'end', True or False; got {self.output!r}")
+        self.level()  # a bad log_level names itself
         progress = self.progress
         if not (
             progress is None
@@ -110,9 +134,23 @@ class CallOptions:
                 f"got {self.progress!r}"
             )
 
-    def slot(self, zipped: bool, shm: bool, watch: bool = False) -> SlotOptions:
+    def level(self) -> int:
+        """``log_level`` as a number (ValueError naming the choices if it is none)."""
+        level = self.log_level
+        if isinstance(level, str):
+            found = logging.getLevelName(level.upper())
+            level = found if isinstance(found, int) else -1
+        if isinstance(level, bool) or not isinstance(level, int) or level < 0:
+            raise ValueError(
+                f"log_level must be a logging level (e.g. 'INFO', 'WARNING' or 20); "
+                f"got {self.log_level!r}"
+            )
+        return level
+
+    def slot(self, zipped: bool, shm: bool, watch: bool = False, label: str = "") -> SlotOptions:
         """What a draining task needs to know about this call."""
         return SlotOptions(
+            label=label,
             watch=watch,
             attempts=self.attempts,
             retries=self.retries,
@@ -121,6 +159,9 @@ class CallOptions:
             shm=shm,
             one=self.chunk_timeout is not None,
             keep=self.reduce is not None,
+            output=self.output is not False,
+            output_bytes=self.output_bytes,
+            log_level=self.level(),
         )
 
 
@@ -131,7 +172,9 @@ class SlotOptions:
     ``zipped``: chunks are tuples of several inputs; ``shm``: data may be in
     shm files; ``one``: one chunk per message (per-chunk time limits);
     ``keep``: results stay on the plane for the reducer; ``watch``: drop the
-    call if its driver stops refreshing its ``alive`` key (remote clusters).
+    call if its driver stops refreshing its ``alive`` key (remote clusters);
+    ``output``: send func's output (up to ``output_bytes`` for the call) and
+    log records from ``log_level`` up.
     """
 
     attempts: int = 3
@@ -142,6 +185,10 @@ class SlotOptions:
     one: bool = False
     keep: bool = False
     watch: bool = False
+    output: bool = True
+    output_bytes: int = 2**20
+    log_level: int = 30
+    label: str = ""  # e.g. "cmap(score)": what monitoring (celery events, Flower) shows
 
 
 def signature(positional: str) -> inspect.Signature:

@@ -137,34 +137,35 @@ class Progress:
 
 # -- terminal -------------------------------------------------------------------
 class TextDisplay:
-    """A tqdm bar on stderr counting chunks, with items and busy workers as postfix."""
+    """A tqdm bar on stderr counting items (their total is known from the start), with
+    chunks and busy workers as postfix."""
 
     def __init__(self, snap: Snapshot, capacity: int = 0) -> None:
         from tqdm import tqdm
 
         self.bar = tqdm(
-            total=snap.n_chunks, desc=snap.label, unit="chunk", file=sys.stderr, dynamic_ncols=True
+            total=snap.n_items, desc=snap.label, unit="item", file=sys.stderr, dynamic_ncols=True
         )
         self._closed = False
+
+    def _postfix(self, snap: Snapshot) -> str:
+        if snap.state.value == "waiting":
+            return Progress(snap).parts()[0]
+        return f"{snap.chunks_done}/{snap.n_chunks} chunks, {snap.busy} busy"
 
     def update(self, snap: Snapshot) -> None:
         if self._closed:
             return
-        self.bar.total = snap.n_chunks
-        self.bar.n = snap.chunks_done
-        if snap.state.value == "waiting":
-            self.bar.set_postfix_str(Progress(snap).parts()[0], refresh=False)
-        else:
-            self.bar.set_postfix_str(
-                f"{snap.items_done}/{snap.n_items} items, {snap.busy} busy", refresh=False
-            )
+        self.bar.total, self.bar.n = snap.n_items, snap.items_done
+        self.bar.set_postfix_str(self._postfix(snap), refresh=False)
         self.bar.refresh()
 
     def close(self, snap: Snapshot) -> None:
         if self._closed:
             return
         self._closed = True
-        self.bar.total, self.bar.n = snap.n_chunks, snap.chunks_done
+        self.bar.total, self.bar.n = snap.n_items, snap.items_done
+        self.bar.set_postfix_str(self._postfix(snap), refresh=False)
         state = snap.state.value
         if state != "finished":
             self.bar.set_description_str(f"{self.bar.desc} [{state}]", refresh=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -21,6 +21,7 @@ from .call import Call, CallState, Reaction
 from .errors import CelerynbError, ClusterError
 from .inputs import nbytes
 from .options import CallOptions
+from .output import Relay
 from .plane import INLINE, check_size, codec, delete, scripts
 from .plane.keys import TTL, CallKeys
 from .plane.records import Record
@@ -51,9 +52,15 @@ class CallRunner:
     ) -> None:
         self.cluster, self.call, self.options, self.inputs = cluster, call, options, inputs
         self.size = sum(nbytes(x) for x in inputs)
-        self.opts = options.slot(len(inputs) > 1, cluster.plane.shared, watch=cluster.elastic)
+        self.opts = options.slot(
+            len(inputs) > 1, cluster.plane.shared, watch=cluster.elastic, label=call.label
+        )
         self.keys = CallKeys(call.id)
         self.display: Display = NoDisplay()
+        o = options
+        self.relay = Relay(
+            o.output, o.output_lines, o.output_bytes, by_worker=cluster.elastic, funcs=call.funcs
+        )
         self.n_workers = 0  # pool processes when the call began
         self._job = job
         self._slots = 0  # draining tasks sent so far (their slot numbers)
@@ -178,19 +185,30 @@ class CallRunner:
         self.display.update(self.call.snapshot())
 
     def before_poll(self, pipe: Pipeline) -> int:
-        """Queue this call's commands for the supervisor's next round trip; how many."""
+        """Queue this call's commands that go before the supervisor's wait; how many."""
         pipe.expire(self.keys.alive, int(self.cluster.liveness.driver_grace))
         if self.call.planned:
             return 1
         pipe.expire(self.keys.open, OPEN_SECONDS)  # the probes' draining tasks wait for more
         return 2
 
-    def receive(self, blobs: list[bytes], busy: int, replies: list[object]) -> None:
-        """Decode and fetch the records of one poll, feed them to the call, act.
+    def after_poll(self, pipe: Pipeline) -> int:
+        """Queue this call's commands that go after the wait: records, running chunks,
+        output; how many."""
+        pipe.lpop(self.keys.done, 1000)
+        pipe.hlen(self.keys.running)
+        pipe.lpop(self.keys.output, 1000)
+        return 3
 
-        ``replies``: those of this call's commands from :meth:`before_poll`.
+    def receive(self, blobs: list[bytes], before: list[object], after: list[Any]) -> None:
+        """Take one poll's replies: relay output, fetch and decode records, feed the call, act.
+
+        ``blobs``: records popped by the wait; ``before`` / ``after``: the replies to
+        this call's commands from :meth:`before_poll` / :meth:`after_poll`.
         """
-        if replies and not replies[0] and self._stored and not blobs:
+        more, busy, output = after
+        blobs += more or []
+        if before and not before[0] and self._stored and not blobs:
             self.call.fail(
                 ClusterError(
                     "the workers dropped this call: its driver gave no sign of life for "
@@ -198,12 +216,17 @@ class CallRunner:
                 )
             )
             return
-        secret = self.cluster.settings.secret
-        records: list[Record] = [codec.loads(secret, blob) for blob in blobs]
+        if output:
+            self.relay.take(self.cluster.plane.pop_output(output))
+        records: list[Record] = []
+        for blob in blobs:
+            record: Record = codec.loads(self.cluster.settings.secret, blob)
+            record.meta.bytes_out += len(blob)
+            records.append(record)
         del blobs
         if records:
             records = self.cluster.plane.fetch(self.keys, records)
-        self._act(self.call.receive(records, busy))
+        self._act(self.call.receive(records, int(busy or 0)))
         if not isinstance(self.display, NoDisplay):
             self.display.update(self.call.snapshot())
 
@@ -253,9 +276,12 @@ class CallRunner:
     # -- the end ----------------------------------------------------------------------------------
     def _ended(self, call: Call) -> None:
         """Once the call ends (any thread): stop its work, delete its data, close the display."""
-        self.display.close(call.snapshot())
         if call.state is not CallState.FINISHED:
             self._revoke()
+        with contextlib.suppress(redis.RedisError):  # output that came after the last poll
+            self.relay.take(self.cluster.plane.pop_output(self._output_left()))
+        self.relay.close()
+        self.display.close(call.snapshot())
         self._cleanup()
         self.cluster.supervisor.remove(self)
 
@@ -269,6 +295,10 @@ class CallRunner:
                 ids.append(self.keys.reduce_task)
             # Celery records revoked tasks in the backend: remove those records later
             self.cluster.defer_delete(dispatch.revoke(self.cluster.app, ids))
+
+    def _output_left(self) -> list[bytes]:
+        left = self.cluster.redis.lpop(self.keys.output, 10_000) or []
+        return list(left)  # type: ignore[arg-type]
 
     def _cleanup(self) -> None:
         with contextlib.suppress(redis.RedisError):

@@ -36,10 +36,10 @@ class WidgetDisplay(_Throttled):
 
         self.cancel = cancel
         self.title = w.HTML(f"<b>{html.escape(snap.label)}</b>")
-        self.bar = w.IntProgress(
+        self.bar = w.IntProgress(  # over items: their total is known from the start
             value=0,
             min=0,
-            max=max(snap.n_chunks, 1),
+            max=max(snap.n_items, 1),
             bar_style="info",
             layout=w.Layout(width="200px"),
         )
@@ -81,8 +81,8 @@ class WidgetDisplay(_Throttled):
         p = self.progress
         self.box.summary = p.summary()
         with self.bar.hold_sync():
-            self.bar.max = max(p.snap.n_chunks, 1)
-            self.bar.value = p.snap.n_chunks if p.state == "finished" else p.snap.chunks_done
+            self.bar.max = max(p.snap.n_items, 1)
+            self.bar.value = p.snap.n_items if p.state == "finished" else p.snap.items_done
             if p.state not in ("running", "waiting"):
                 self.bar.bar_style = _BAR_STYLE.get(p.state, "danger")
         self.label.value = self._label_html()

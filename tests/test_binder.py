@@ -133,7 +133,9 @@ def test_binder_venv_runs_the_quickstart(tmp_path: Path) -> None:
     errors = [o for o in outputs if o.output_type == "error"]
     assert not errors, errors
     stderr = "".join(o.get("text", "") for o in outputs if o.get("name") == "stderr")
-    assert not stderr.strip(), f"warnings or logs in the quickstart's outputs:\n{stderr}"
+    # the tutorial's own function warns on purpose: its relayed lines are marked [chunk N]
+    stray = [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith("[chunk ")]
+    assert not stray, f"warnings or logs in the quickstart's outputs:\n{stderr}"
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "identical to the serial result: True" in text, text
     print(f"Binder venv built and quickstart executed in {time.monotonic() - started:.0f} s")

@@ -70,7 +70,7 @@ def test_loading_starts_nothing(ip: InteractiveShell, capsys: pytest.CaptureFixt
         ("connect", "connect takes one broker URL"),
         ("connect a b", "unrecognized arguments: b"),
         ("status now", "status takes no arguments"),
-        ("stop -n 2", "-n goes with start only"),
+        ("stop -n 2", "-n goes with start or logs only"),
         ("stop 'unclosed", "No closing quotation"),
     ],
 )

@@ -114,20 +114,20 @@ def test_progress_parts_and_summary() -> None:
 def test_widget_updates_and_finishes(shell: InteractiveShell) -> None:
     with capture_output() as cap:
         d = WidgetDisplay(snap(n_chunks=4, n_items=100))
-    assert d.bar.max == 4 and d.bar.value == 0 and d.bar.bar_style == "info"
+    assert d.bar.max == 100 and d.bar.value == 0 and d.bar.bar_style == "info"  # over items
     assert "0/4 chunks" in d.label.value and "0/100 items" in d.label.value
     bundle = cap.outputs[0].data
     assert WIDGET_MIME in bundle
     assert bundle["text/plain"] == "cmap: 4 chunks, 100 items"
 
     d.update(snap(1, 4, 25, 100, 2))
-    assert d.bar.value == 1
+    assert d.bar.value == 25
     for text in ("1/4 chunks", "25/100 items", "elapsed", "ETA", "items/s", "2 workers busy"):
         assert text in d.label.value
     d.update(snap(2, 4, 50, 100, 2))  # within the refresh interval: kept, not sent
-    assert d.bar.value == 1 and d.progress.snap.chunks_done == 2
+    assert d.bar.value == 25 and d.progress.snap.chunks_done == 2
     d.update(snap(4, 4, 100, 100, 0))  # complete: always sent
-    assert d.bar.value == 4
+    assert d.bar.value == 100
     with capture_output() as cap:
         d.close(snap(4, 4, 100, 100, state=CallState.FINISHED))
     assert d.bar.value == d.bar.max and d.bar.bar_style == "success"
@@ -137,7 +137,7 @@ def test_widget_updates_and_finishes(shell: InteractiveShell) -> None:
     final = cap.outputs[-1].data["text/plain"]
     assert final.startswith("cmap finished: 4/4 chunks, 100 items in")
     d.update(snap(1, 4, 1, 100, 1))  # late updates after close are ignored
-    assert d.bar.value == 4
+    assert d.bar.value == 100
 
 
 def test_widget_failed_names_chunk(shell: InteractiveShell) -> None:
@@ -146,7 +146,7 @@ def test_widget_failed_names_chunk(shell: InteractiveShell) -> None:
         d.update(snap(1, 4, 25, 100, 1))
         message = "chunk 2 of 4 (positions 50:75) failed on worker w1: KeyError: 'x'"
         d.close(snap(1, 4, 25, 100, state=CallState.FAILED, message=message))
-    assert d.bar.bar_style == "danger" and d.bar.value == 1
+    assert d.bar.bar_style == "danger" and d.bar.value == 25
     assert "failed" in d.label.value
     assert "chunk 2 of 4 (positions 50:75)" in d.label.value
     assert "KeyError: &#x27;x&#x27;" in d.label.value  # escaped
@@ -244,7 +244,7 @@ def test_widget_with_real_calls(cluster: celerynb.LocalCluster, shell: Interacti
     for future, n in ((first, 4), (second, 5)):
         d = future._display
         assert isinstance(d, WidgetDisplay)
-        assert (d.bar.value, d.bar.max, d.bar.bar_style) == (n, n, "success")
+        assert (d.bar.value, d.bar.max, d.bar.bar_style) == (40, 40, "success")
         assert f"{n}/{n} chunks" in d.label.value and "40 items in" in d.label.value
 
 

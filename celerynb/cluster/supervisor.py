@@ -123,27 +123,25 @@ class Supervisor:
             self._wake.clear()
             return
         pipe = cluster.redis.pipeline(transaction=False)
-        counts = [runner.before_poll(pipe) for runner in runners]
+        heads = [runner.before_poll(pipe) for runner in runners]
         pipe.blpop([r.keys.done for r in runners] + [self._wake_key], timeout=TICK)
-        for runner in runners:
-            pipe.lpop(runner.keys.done, 1000)
-            pipe.hlen(runner.keys.running)
+        tails = [runner.after_poll(pipe) for runner in runners]
         try:
             replies = pipe.execute()
         except redis.ConnectionError as exc:
             self._unreachable(runners, exc)
             return
         self._unreachable_since = None
-        skip = sum(counts)
-        first, rest = replies[skip], replies[skip + 1 :]
+        at = sum(heads)
+        first = replies[at]
         popped = first[0].decode() if first is not None else ""
-        start = 0
-        for i, (runner, count) in enumerate(zip(runners, counts, strict=True)):
-            own, start = replies[start : start + count], start + count
+        head, tail = 0, at + 1
+        for runner, h, t in zip(runners, heads, tails, strict=True):
+            before, after = replies[head : head + h], replies[tail : tail + t]
+            head, tail = head + h, tail + t
             blobs = [first[1]] if popped == runner.keys.done else []
-            blobs += rest[2 * i] or []
             try:
-                runner.receive(blobs, int(rest[2 * i + 1] or 0), own)
+                runner.receive(blobs, before, after)
             except Exception as exc:
                 runner.call.fail(exc)
         cluster.sweep()

@@ -11,6 +11,7 @@ result is.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -74,8 +75,8 @@ class DataPlane(Protocol):
         """Queue chunk ``index`` (``what``: its description) into ``pipe`` (or a file); the
         bytes it holds. ``big``: an array or frame worth a file, where there are files."""
 
-    def load_chunk(self, keys: CallKeys, index: int, inline: bytes | None) -> object:
-        """Chunk ``index``, given what the script returned for it."""
+    def load_chunk(self, keys: CallKeys, index: int, inline: bytes | None) -> tuple[object, int]:
+        """Chunk ``index`` (given what the script returned for it) and its stored bytes."""
 
     def place(self, keys: CallKeys, record: Record) -> tuple[bytes, bytes]:
         """``(record bytes for the driver, bytes to park in the result key or b"")``."""
@@ -91,6 +92,12 @@ class DataPlane(Protocol):
 
     def delete_call(self, keys: CallKeys, n_chunks: int) -> None:
         """Delete everything the call stored."""
+
+    def push_output(self, keys: CallKeys, batch: dict[str, object], cap: int) -> bool:
+        """Send a batch of func's output; whether the call is still under ``cap`` bytes."""
+
+    def pop_output(self, blobs: list[bytes]) -> list[dict[str, Any]]:
+        """Decode (and verify) the output batches the driver popped."""
 
 
 class RedisPlane:
@@ -112,12 +119,12 @@ class RedisPlane:
         pipe.set(keys.chunk(index), blob, ex=TTL)
         return len(blob)
 
-    def load_chunk(self, keys: CallKeys, index: int, inline: bytes | None) -> object:
+    def load_chunk(self, keys: CallKeys, index: int, inline: bytes | None) -> tuple[object, int]:
         if inline is None:  # too big to come through the script
             inline = self.redis.get(keys.chunk(index))  # type: ignore[assignment]
             if inline is None:
                 raise LookupError("the chunk is gone from the store (the call was cancelled)")
-        return codec.loads(self.secret, inline)
+        return codec.loads(self.secret, inline), len(inline)
 
     def _park(self, keys: CallKeys, record: Record) -> tuple[Location, bytes]:
         """Where a big or kept value goes: a file (ShmPlane) or the result key."""
@@ -180,6 +187,18 @@ class RedisPlane:
     def delete_call(self, keys: CallKeys, n_chunks: int) -> None:
         delete(self.redis, keys.all(n_chunks))
 
+    def push_output(self, keys: CallKeys, batch: dict[str, object], cap: int) -> bool:
+        blob = codec.sign(self.secret, json.dumps(batch).encode())
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(keys.output, blob)
+        pipe.expire(keys.output, TTL)
+        pipe.incrby(keys.output_bytes, len(blob))
+        pipe.expire(keys.output_bytes, TTL)
+        return int(pipe.execute()[2]) <= cap
+
+    def pop_output(self, blobs: list[bytes]) -> list[dict[str, Any]]:
+        return [json.loads(bytes(codec.verify(self.secret, blob))) for blob in blobs]
+
 
 class ShmPlane(RedisPlane):
     """Big arrays and frames in tmpfs files, the rest through Redis (the embedded cluster)."""
@@ -202,9 +221,10 @@ class ShmPlane(RedisPlane):
         pipe.set(keys.chunk(index), SHM_MARKER, ex=TTL)
         return size
 
-    def load_chunk(self, keys: CallKeys, index: int, inline: bytes | None) -> object:
+    def load_chunk(self, keys: CallKeys, index: int, inline: bytes | None) -> tuple[object, int]:
         if inline == SHM_MARKER:
-            return self.store.get(keys.chunk_file(index))
+            name = keys.chunk_file(index)
+            return self.store.get(name), self.store.size(name)
         return super().load_chunk(keys, index, inline)
 
     def _park(self, keys: CallKeys, record: Record) -> tuple[Location, bytes]:
@@ -230,9 +250,10 @@ class ShmPlane(RedisPlane):
             if r.location is Location.SHM and r.status is Status.OK:
                 name = keys.result_file(r.index)
                 try:
-                    value = self.store.get(name)
+                    size, value = self.store.size(name), self.store.get(name)
                 finally:
                     self.store.delete([name])
+                r.meta.bytes_out += size
                 r = Record(r.index, r.status, value, Location.INLINE, r.meta)
             out.append(r)
         return out

@@ -76,6 +76,16 @@ class CallKeys:
         return self.base + "count"
 
     @cached_property
+    def output(self) -> str:
+        """List of batches of what func printed, warned and logged (signed JSON)."""
+        return self.base + "output"
+
+    @cached_property
+    def output_bytes(self) -> str:
+        """How many bytes of output the workers sent (they stop past the call's cap)."""
+        return self.base + "outbytes"
+
+    @cached_property
     def open(self) -> str:
         """Set while the driver may still queue chunks (stored in batches, or planned later)."""
         return self.base + "open"
@@ -92,6 +102,7 @@ class CallKeys:
         per_chunk = [k for i in range(n_chunks) for k in (self.chunk(i), self.result(i))]
         fixed = [self.func, self.done, self.tries, self.running, self.pending, self.slots]
         fixed += [self.owners, self.fenced, self.alive, self.count, self.open]
+        fixed += [self.output, self.output_bytes]
         return [*fixed, self.result(REDUCED), *per_chunk]
 
     def chunk_file(self, index: int) -> str:

@@ -22,13 +22,19 @@ class Location(enum.Enum):
     SHM = "shm"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RunMeta:
-    """Facts about one run of a chunk: where, who, how long."""
+    """Facts about one run of a chunk: who ran it, when (wall clock), how long, how many
+    bytes it read and returned, and which delivery of the chunk it was."""
 
     worker: str = ""
     pid: int = 0
     seconds: float = 0.0
+    start: float = 0.0
+    end: float = 0.0
+    tries: int = 1
+    bytes_in: int = 0
+    bytes_out: int = 0
 
 
 @dataclass(frozen=True)
@@ -52,14 +58,12 @@ class Record:
         finding four classes and calling two enums costs more than the chunk's bookkeeping."""
         m = self.meta
         args = (self.index, self.status.value, self.value, self.location.value)
-        return (_record, (*args, m.worker, m.pid, m.seconds))
+        return (_record, (*args, m.worker, m.pid, m.seconds, m.start, m.end, m.tries, m.bytes_in))
 
 
 _STATUS = {s.value: s for s in Status}
 _LOCATION = {loc.value: loc for loc in Location}
 
 
-def _record(
-    index: int, status: str, value: object, location: str, worker: str, pid: int, seconds: float
-) -> Record:
-    return Record(index, _STATUS[status], value, _LOCATION[location], RunMeta(worker, pid, seconds))
+def _record(index: int, status: str, value: object, location: str, *meta: object) -> Record:
+    return Record(index, _STATUS[status], value, _LOCATION[location], RunMeta(*meta))  # type: ignore[arg-type]

@@ -228,6 +228,13 @@ class ShmStore:
         except SignatureError as exc:
             raise SignatureError(f"shared-memory object {name!r} in {self._dir}: {exc}") from None
 
+    def size(self, name: str) -> int:
+        """Bytes of the file of object ``name`` (0 if there is none)."""
+        try:
+            return self._path(name).stat().st_size
+        except FileNotFoundError:
+            return 0
+
     def delete(self, names: Iterable[str]) -> None:
         """Delete the objects ``names``; missing ones are fine."""
         if isinstance(names, str):

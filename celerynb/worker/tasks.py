@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from dataclasses import replace
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from .. import celery_compat
+from .. import celery_compat, dispatch
 from ..errors import RemoteFailure, failure_of
 from ..options import SlotOptions
 from ..plane import INLINE, DataPlane, codec, delete
@@ -19,6 +20,7 @@ from ..plane.records import Record, RunMeta, Status
 from ..plane.scripts import ABANDONED, OPEN, Report, Taken, next_chunk, push_record, reap
 from ..settings import REDUCE, RUN_CHUNKS
 from . import app, context, leaving
+from .capture import Capture
 
 # a draining task hands its slot on to a fresh message after this long
 DRAIN_SECONDS = float(os.environ.get("CELERYNB_DRAIN_SECONDS", "10"))
@@ -68,8 +70,22 @@ def _timeout_error(exc: BaseException, opts: SlotOptions) -> BaseException:
     return exc
 
 
-def _meta(worker: str, started: float) -> RunMeta:
-    return RunMeta(worker, os.getpid(), time.perf_counter() - started)
+def _meta(worker: str, started: float, begun: float, tries: int, bytes_in: int = 0) -> RunMeta:
+    seconds = time.perf_counter() - started
+    return RunMeta(worker, os.getpid(), seconds, begun, begun + seconds, tries, bytes_in)
+
+
+def _capture(
+    plane: DataPlane, keys: CallKeys, index: int, opts: SlotOptions, worker: str
+) -> Capture:
+    """The capture of chunk ``index``'s output (sent on, or dropped with ``output=False``)."""
+    if not opts.output:
+        return Capture(lambda batch: False, index, worker, opts.log_level)
+
+    def sink(batch: dict[str, object]) -> bool:
+        return plane.push_output(keys, batch, opts.output_bytes)
+
+    return Capture(sink, index, worker, opts.log_level)
 
 
 def _run_one(
@@ -77,23 +93,29 @@ def _run_one(
 ) -> Report:
     """Run the chunk ``got`` took; its report for the next round trip."""
     assert got.index is not None
-    index, started = got.index, time.perf_counter()
+    index, started, begun, size = got.index, time.perf_counter(), time.time(), 0
+    capture = _capture(plane, keys, index, opts, worker)
     try:
         if got.tries > opts.attempts or not got.job_found:
             died = _died(got.tries, got.job_found, worker)
-            record = Record(index, Status.ERROR, died, meta=_meta(worker, started))
+            record = Record(
+                index, Status.ERROR, died, meta=_meta(worker, started, begun, got.tries)
+            )
         else:
             job = context.job(keys.call, got.job, worker)
-            chunk = plane.load_chunk(keys, index, got.chunk)
-            value = compute(job, chunk, opts)
+            chunk, size = plane.load_chunk(keys, index, got.chunk)
+            with capture:
+                value = compute(job, chunk, opts)
             del chunk
             status = Status.STORED if opts.keep else Status.OK
-            record = Record(index, status, value, meta=_meta(worker, started))
+            meta = _meta(worker, started, begun, got.tries, size)
+            record = Record(index, status, value, meta=meta)
             del value
         blob, parked = plane.place(keys, record)
     except Exception as exc:
-        failure = failure_of(_timeout_error(exc, opts), worker)
-        record = Record(index, Status.ERROR, failure, meta=_meta(worker, started))
+        failure = replace(failure_of(_timeout_error(exc, opts), worker), output=capture.tail())
+        meta = _meta(worker, started, begun, got.tries, size)
+        record = Record(index, Status.ERROR, failure, meta=meta)
         blob, parked = codec.dumps(plane.secret, record), b""
     return Report(index, blob, parked)
 
@@ -107,14 +129,25 @@ def _send(task: Task, call: str, slot: str, opts: SlotOptions, spare: bool = Fal
         task_id=CallKeys(call).slot_task(slot),
         queue=celery_compat.delivery_queue(task.request, app.conf.task_default_queue),
         ignore_result=True,
-        argsrepr=f"(call={call!r}, slot={slot!r})",
+        argsrepr=dispatch.argsrepr(call, slot, opts),
         kwargsrepr="{}",
     )
 
 
+def _summary(opts: SlotOptions, call: str, chunks: list[int]) -> str:
+    """The task's result as monitoring shows it: which chunks of which call it ran."""
+    spans: list[str] = []
+    for n in sorted(chunks):
+        if spans and spans[-1].split("-")[-1] == str(n - 1):
+            spans[-1] = f"{spans[-1].split('-')[0]}-{n}"
+        else:
+            spans.append(str(n))
+    return f"{opts.label} {call[:8]}: chunks {','.join(spans) or 'none'}"
+
+
 @app.task(name=RUN_CHUNKS, bind=True)
-def run_chunks(self: Task, call: str, slot: str, opts: SlotOptions, spare: bool = False) -> int:
-    """Run the call's pending chunks one after another; return how many were taken.
+def run_chunks(self: Task, call: str, slot: str, opts: SlotOptions, spare: bool = False) -> str:
+    """Run the call's pending chunks one after another; return which (for monitoring).
 
     One round trip per chunk reports the last chunk and takes the next (see
     ``plane.scripts``). After ``DRAIN_SECONDS``, or when this worker begins a
@@ -127,8 +160,9 @@ def run_chunks(self: Task, call: str, slot: str, opts: SlotOptions, spare: bool 
     plane, slot = ctx.plane(opts.shm), str(slot)
     stop = time.monotonic() + DRAIN_SECONDS
     report: Report | None = None
-    taken = 0
+    ran: list[int] = []
     while True:
+        taken = len(ran)
         take = not (opts.one and taken) and time.monotonic() < stop and not leaving()
         got = next_chunk(
             ctx.redis,
@@ -146,7 +180,7 @@ def run_chunks(self: Task, call: str, slot: str, opts: SlotOptions, spare: bool 
         report = None
         if got.pending == ABANDONED:  # its notebook is gone: nobody wants the results
             reap(ctx.redis, keys)
-            return taken
+            return _summary(opts, call, ran)
         if got.index is None and got.pending == OPEN and take:  # more chunks may come
             # (the list's last chunk number rotates to its head: nothing is taken)
             ctx.redis.brpoplpush(keys.pending, keys.pending, timeout=OPEN_WAIT)
@@ -154,10 +188,10 @@ def run_chunks(self: Task, call: str, slot: str, opts: SlotOptions, spare: bool 
         if got.index is None:
             if got.pending and not opts.one:  # time is up (or leaving), chunks are left
                 _send(self, call, slot, opts)
-            return taken
+            return _summary(opts, call, ran)
         if spare and not taken and got.pending > 0:  # the spare was taken: queue the next
             _send(self, call, f"x{secrets.token_hex(4)}", opts, spare=True)
-        taken += 1
+        ran.append(got.index)
         report = _run_one(plane, keys, got, opts, worker)
 
 
@@ -171,11 +205,14 @@ def reduce_parts(self: Task, call: str, n_chunks: int, shm: bool = False) -> Non
         parts = plane.load_parts(keys, n_chunks)
     except LookupError:  # cancelled meanwhile
         return
+    begun = time.time()
     try:
         assert job.reduce is not None
-        record = Record(REDUCED, Status.OK, job.reduce(parts), meta=_meta(worker, started))
+        value = job.reduce(parts)
+        record = Record(REDUCED, Status.OK, value, meta=_meta(worker, started, begun, 1))
     except Exception as exc:
-        record = Record(REDUCED, Status.ERROR, failure_of(exc, worker), meta=_meta(worker, started))
+        failure = failure_of(exc, worker)
+        record = Record(REDUCED, Status.ERROR, failure, meta=_meta(worker, started, begun, 1))
     del parts
     plane.drop(keys, range(n_chunks), results=True)
     delete(ctx.redis, [keys.result(i) for i in range(n_chunks)])
