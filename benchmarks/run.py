@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: python benchmarks/run.py
 
 import numpy as np
 
-from benchmarks import candidates, elastic
+from benchmarks import candidates, elastic, streaming
 from benchmarks.candidates import (
     ALL,
     BY_NAME,
@@ -335,9 +335,14 @@ def machine() -> dict[str, str]:
     return info
 
 
-def chart(rows: list[Row], path: Path, scaling: dict[str, list[float]] | None = None) -> str | None:
-    """A PNG with one panel per metric (and one for elastic scale-out); returns why it was
-    not drawn, or None."""
+def chart(
+    rows: list[Row],
+    path: Path,
+    scaling: dict[str, list[float]] | None = None,
+    streams: dict[str, dict[str, list[dict[str, float]]]] | None = None,
+) -> str | None:
+    """A PNG with one panel per metric (and for elastic scale-out and streaming); returns
+    why it was not drawn, or None."""
     try:
         import matplotlib
 
@@ -349,7 +354,8 @@ def chart(rows: list[Row], path: Path, scaling: dict[str, list[float]] | None = 
     for row in rows:
         if row.median is not None:
             by_metric.setdefault(row.metric, []).append(row)
-    n = len(by_metric) + (1 if scaling and any(scaling.values()) else 0)
+    stream_panels = _stream_panels(streams or {})
+    n = len(by_metric) + (1 if scaling and any(scaling.values()) else 0) + len(stream_panels)
     if not n:
         return "nothing measured: no chart"
     cols = 2
@@ -391,6 +397,19 @@ def chart(rows: list[Row], path: Path, scaling: dict[str, list[float]] | None = 
         ax.tick_params(axis="x", labelsize=8)
         for yi, m in zip(y, meds, strict=True):
             ax.text(m, yi, f" {m:.3g}", va="center", fontsize=7)
+    for ax, (title, unit, labels, values) in zip(
+        flat[n - len(stream_panels) : n], stream_panels, strict=True
+    ):
+        y = range(len(labels))
+        colours = ["tab:orange" if "celerynb" in lb else "tab:blue" for lb in labels]
+        ax.barh(y, values, color=colours)
+        ax.set_yticks(list(y), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(unit, fontsize=8)
+        ax.tick_params(axis="x", labelsize=8)
+        for yi, v in zip(y, values, strict=True):
+            ax.text(v, yi, f" {v:.3g}", va="center", fontsize=7)
     for ax in flat[n:]:
         ax.axis("off")
     fig.suptitle(f"celerynb cmap (orange) vs peers: median, whiskers min{DASH}max", fontsize=11)
@@ -398,6 +417,24 @@ def chart(rows: list[Row], path: Path, scaling: dict[str, list[float]] | None = 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return None
+
+
+def _stream_panels(
+    streams: dict[str, dict[str, list[dict[str, float]]]],
+) -> list[tuple[str, str, list[str], list[float]]]:
+    """(title, unit, labels, values) of the streaming panels: time and peak, per size."""
+    panels = []
+    for label, by_name in streams.items():
+        names = [n for n in streaming.CANDIDATES if by_name.get(n)]
+        if not names:
+            continue
+        titles = [f"{streaming.CANDIDATES[n]}" for n in names]
+        secs = [statistics.median(s["seconds"] for s in by_name[n]) for n in names]
+        peaks = [statistics.median(s["peak_mb"] for s in by_name[n]) for n in names]
+        size = label.split(" (")[0]
+        panels.append((f"CSV in chunks, {label}: time", "s", titles, secs))
+        panels.append((f"CSV in chunks, {size}: driver peak RSS", "MB above start", titles, peaks))
+    return panels
 
 
 def write_report(
@@ -408,6 +445,7 @@ def write_report(
     skipped: list[str],
     chart_note: str | None,
     scaling: str = "",
+    streams: str = "",
 ) -> str:
     """Write the markdown report to ``path``; return the table."""
     text = table(rows)
@@ -430,6 +468,7 @@ def write_report(
         f"## Run\n\n{setting_lines}\n\n"
         f"## Results\n\n{text}\n{picture}"
         f"## Elastic scale-out\n\n{scaling or 'not measured'}\n"
+        f"## Data bigger than memory\n\n{streams or 'not measured'}\n"
         f"## Skipped\n\n{skip_lines}\n\n"
         "## How each candidate runs\n\n"
         "- **serial pandas**: `func(df)` in the driver process.\n"
@@ -591,13 +630,23 @@ def main(argv: list[str] | None = None) -> int:
         scaling_text = f"failed: {type(exc).__name__}: {exc}"
         log(f"  elastic: FAILED {exc!r}")
 
+    log("data bigger than memory: a CSV read in chunks")
+    streams: dict[str, dict[str, list[dict[str, float]]]] = {}
+    streams_text = ""
+    try:
+        streams = streaming.run(quick, args.workers, log=log)
+        streams_text = streaming.table(streams)
+    except Exception as exc:
+        streams_text = f"failed: {type(exc).__name__}: {exc}"
+        log(f"  streaming: FAILED {exc!r}")
+
     log("writing the report")
     load_after = os.getloadavg()
     elapsed = time.perf_counter() - started_at
     rows = build_rows(results, titles, everyone)
     out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    chart_note = chart(rows, out.with_name("results.png"), scaling)
+    chart_note = chart(rows, out.with_name("results.png"), scaling, streams)
     settings = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "mode": "quick (small sizes, smoke check)" if quick else "full",
@@ -607,9 +656,12 @@ def main(argv: list[str] | None = None) -> int:
         "load average (1 min) before / after": f"{load_before[0]:.2f} / {load_after[0]:.2f}",
         "wall time of the run": f"{elapsed:.0f} s",
     }
-    text = write_report(out, rows, machine(), settings, skipped, chart_note, scaling_text)
+    text = write_report(
+        out, rows, machine(), settings, skipped, chart_note, scaling_text, streams_text
+    )
     print(text)
     print(scaling_text)
+    print(streams_text)
     if chart_note:
         log(chart_note)
     log(f"wrote {out} in {elapsed:.0f} s")

@@ -19,6 +19,7 @@ from .plane import codec
 from .planning import RangePlan
 from .progress import make_display
 from .runner import CallRunner
+from .streams import Peeked
 
 
 def _describe_unpicklable(func: object, exc: Exception) -> str:
@@ -78,6 +79,8 @@ def _dump_job(secret: str, job: codec.Job) -> bytes:
 def _empty(func: Callable[..., Any], inputs: tuple[Any, ...], opts: CallOptions) -> Any:
     """Empty input is one empty chunk, run locally (or the empty input, if func fails)."""
     data = inputs[0]
+    if isinstance(data, Peeked):  # an empty iterator: no chunk to run func on
+        return opts.reduce([]) if opts.reduce is not None else []
     grouped = kind_of(data) == "groupby"
     try:
         if grouped:
@@ -107,6 +110,9 @@ def cmap_async(
     opts = CallOptions.make(**options)
     inputs = (data, *more)
     n_items = check_inputs(inputs)
+    if n_items < 0:  # iterators of chunks: their first items are read (and checked) now
+        peeked = tuple(Peeked(x) for x in inputs)
+        n_items, inputs = (0 if any(p.empty for p in peeked) else -1), peeked
     # a groupby's workers run func per group: ship that wrapper, pickled once
     shipped = GroupApply.of(data, func) if is_groupby(data) else func
     job = codec.Job(shipped, opts.reduce, opts.args, opts.kwargs)
@@ -127,7 +133,7 @@ def cmap_async(
     )
     runner = CallRunner(target, call, blob, opts, inputs)
     runner.start()
-    display = make_display(opts.progress, call.snapshot(), call.cancel, runner.n_workers)
+    display = make_display(opts.progress, call.snapshot(), call.cancel, runner.submission.n_workers)
     runner.display = display
     target.supervisor.add(runner)
     return MapFuture(call, runner.cancel, display, runner)

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from .errors import CancelledError, ChunkError
 from .plane.keys import REDUCED
@@ -51,6 +51,8 @@ class Snapshot:
     started: float  # time.monotonic() at the start
     ended: float | None = None
     message: str = ""  # the error's first line, or what the call waits for
+    known: bool = True  # the totals are final (False: an iterator still being read)
+    hint: int | None = None  # chunks an open iterator expects to give (its length hint)
 
     @property
     def elapsed(self) -> float:
@@ -74,6 +76,15 @@ class _Parts:
     order: list[int] = field(default_factory=list)
     dropped: bool = False  # joined by value(): streaming is over
 
+    def ready(self, yielded: int, ordered: bool) -> list[int]:
+        """Chunks that arrived and were not yielded yet (after ``yielded`` of them)."""
+        if ordered:
+            ready: list[int] = []
+            while (yielded + len(ready)) in self.values:
+                ready.append(yielded + len(ready))
+            return ready
+        return self.order[yielded:]
+
 
 class Call:
     """The state of one ``cmap`` call: its plan, the parts that arrived, how it ended.
@@ -94,30 +105,22 @@ class Call:
         funcs: tuple[object, ...] = (),
         state: CallState = CallState.RUNNING,
     ) -> None:
-        self.id = uuid.uuid4().hex
-        self.label = label
-        self.plan = plan
-        self.keep = keep
-        self.funcs = funcs
-        self.timeout = timeout
-        self.state = state
+        self.id, self.label, self.plan, self._planner = uuid.uuid4().hex, label, plan, planner
+        self.keep, self.funcs, self.timeout, self.state = keep, funcs, timeout, state
         self.error: BaseException | None = None
-        self.started = time.monotonic()
-        self.ended: float | None = None
+        self.started, self.ended = time.monotonic(), cast(float | None, None)
         self.runs: list[RunMeta | None] = [None] * len(plan)  # who ran each chunk, how long
-        self.busy = 0
-        self._planner = planner
-        self._parts = _Parts()
-        self._items_done = 0
-        self._chunks_done = 0
+        self.busy = self._items_done = self._chunks_done = 0
+        self.streaming = False  # chunks still come from an iterator
+        self.release = False  # streamed parts are dropped once yielded (iterator inputs)
+        self.waiting_for = "waiting for a worker"  # what a WAITING call waits for
+        self._parts, self._joined, self._released = _Parts(), False, False
         self._value: object = None
-        self._joined = False
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._on_end: list[Callable[[Call], object]] = []
         self._settled = False  # ended, and the end's callbacks ran (data cleaned up)
         self._done = threading.Event()  # set with _settled: what result() waits on
-        self.waiting_for = "waiting for a worker"  # what a WAITING call waits for
 
     # -- facts ------------------------------------------------------------------------------------
     @property
@@ -130,12 +133,9 @@ class Call:
 
     @property
     def planned(self) -> bool:
-        """Whether every chunk is planned (adaptive chunking adds some after its probes)."""
-        return self._planner is None
-
-    @property
-    def workers(self) -> list[str | None]:
-        return [run.worker if run else None for run in self.runs]
+        """Whether every chunk is planned (adaptive chunking adds some after its probes; an
+        iterator's chunks are known once it is exhausted)."""
+        return self._planner is None and not self.streaming
 
     def progress_text(self) -> str:
         if self.state is CallState.WAITING:
@@ -149,7 +149,8 @@ class Call:
                 message = self.waiting_for
             return Snapshot(
                 self.label, self.state, self._chunks_done, self.n_chunks, self._items_done,
-                self.n_items, self.busy, self.started, self.ended, message,
+                self.n_items, self.busy, self.started, self.ended, message, not self.streaming,
+                getattr(self.plan, "hint", None) if self.streaming else None,
             )  # fmt: skip
 
     # -- transitions ------------------------------------------------------------------------------
@@ -182,11 +183,7 @@ class Call:
                 elif record.index not in self._parts.values:  # else a redelivered chunk's twin
                     planned = self._arrived(record)
                     store = store or planned
-                    done = self._chunks_done == self.n_chunks and self.planned
-                    if done and self.keep:
-                        reduce = True
-                    elif done:
-                        ended = self._end(CallState.FINISHED)
+                    reduce, ended = self._complete()
             if records:
                 self._changed.notify_all()
         if ended:
@@ -197,6 +194,8 @@ class Call:
         index = record.index
         self._parts.values[index] = record.value if record.status is Status.OK else None
         self._parts.order.append(index)
+        if index >= len(self.runs):  # an iterator's chunks are known as they are read
+            self.runs += [None] * (index + 1 - len(self.runs))
         self.runs[index] = record.meta
         self._items_done += self.plan.items(index)
         self._chunks_done += 1
@@ -208,6 +207,24 @@ class Call:
         self.plan, self._planner = self.plan.then(sizes), None
         self.runs += [None] * len(sizes)
         return range(first, self.n_chunks)
+
+    def _complete(self) -> tuple[bool, bool]:
+        """Every chunk arrived: (a reduce= call's reduction is due, the call ended)."""
+        if self.state is not CallState.RUNNING or self._chunks_done < self.n_chunks:
+            return False, False
+        if not self.planned:
+            return False, False
+        return (True, False) if self.keep else (False, self._end(CallState.FINISHED))
+
+    def stream_ended(self) -> Reaction:
+        """The iterator is exhausted: every chunk is known; the call may be done already."""
+        with self._lock:
+            self.streaming = False
+            reduce, ended = self._complete()
+            self._changed.notify_all()
+        if ended:
+            self._notify_end()
+        return Reaction(reduce=reduce, ended=ended)
 
     def fail(self, error: BaseException, state: CallState = CallState.FAILED) -> bool:
         """End the call with ``error`` unless it ended already; whether it did."""
@@ -276,6 +293,11 @@ class Call:
                 raise self.error
             if self.state is not CallState.FINISHED:
                 raise RuntimeError(f"the call is {self.state.value}, not finished")
+            if not self._joined and self._released:
+                raise RuntimeError(
+                    "as_completed() streamed this call's results and did not keep them (its "
+                    "input is an iterator): use them as they come, or call result() instead"
+                )
             if not self._joined:
                 parts = [self._parts.values[i] for i in range(self.n_chunks)]
                 self._parts = _Parts(dropped=True)
@@ -291,29 +313,28 @@ class Call:
                 _wait_for(
                     self._changed, functools.partial(self._any_ready, yielded, ordered), timeout
                 )
-                ready = self._ready(yielded, ordered)
+                ready = self._parts.ready(yielded, ordered)
                 if self.error is not None:  # raised once its work is revoked, as result() does
                     self._changed.wait_for(lambda: self._settled)
                     raise self.error
                 if self._parts.dropped:
                     raise RuntimeError("result() already joined the parts: use its value")
+                if not ready and yielded >= self.n_chunks and self.planned:
+                    return  # an iterator input was exhausted after its last chunk came
                 if not ready:
                     raise TimeoutError(f"no chunk finished within {timeout} s")
                 batch = [(i, self._parts.values[i]) for i in ready]
+                if self.release and ready:  # an iterator's results are not kept once streamed
+                    self._released = True
+                    for i in ready:
+                        self._parts.values[i] = None
+                    self._parts.dropped = yielded + len(ready) >= self.n_chunks and self.planned
             for item in batch:
                 yielded += 1
                 yield item
 
     def _any_ready(self, yielded: int, ordered: bool) -> bool:
-        return bool(self._ready(yielded, ordered)) or self._settled
-
-    def _ready(self, yielded: int, ordered: bool) -> list[int]:
-        if ordered:
-            ready: list[int] = []
-            while (yielded + len(ready)) in self._parts.values:
-                ready.append(yielded + len(ready))
-            return ready
-        return self._parts.order[yielded:]
+        return bool(self._parts.ready(yielded, ordered)) or self._settled
 
     def __repr__(self) -> str:
         return f"<Call {self.id[:8]} {self.state.value}: {self.progress_text()}>"

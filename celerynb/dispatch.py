@@ -9,7 +9,7 @@ from celery import Celery
 
 from . import celery_compat
 from .options import SlotOptions
-from .plane.keys import CallKeys
+from .plane.keys import REDUCED, CallKeys
 from .settings import REDUCE, RUN_CHUNKS
 
 
@@ -49,15 +49,17 @@ def publish_slots(
             )
 
 
-def publish_reduce(app: Celery, queue: str, keys: CallKeys, n_chunks: int, shm: bool) -> None:
-    """Send the reduce task of a ``reduce=`` call whose parts are all stored."""
+def publish_reduce(
+    app: Celery, queue: str, keys: CallKeys, parts: list[int], shm: bool, out: int = REDUCED
+) -> None:
+    """Send a reduce task over stored ``parts`` (the call's result, or partial ``out``)."""
     app.send_task(
         REDUCE,
-        args=(keys.call, n_chunks, shm),
-        task_id=keys.reduce_task,
+        args=(keys.call, parts, shm, out),
+        task_id=keys.reduce_task if out == REDUCED else f"{keys.reduce_task}{out}",
         queue=queue,
         ignore_result=True,
-        argsrepr=f"(call={keys.call!r}, parts={n_chunks})",
+        argsrepr=f"(call={keys.call[:8]}, {len(parts)} parts, into {out})",
         kwargsrepr="{}",
     )
 

@@ -55,7 +55,8 @@ class ChunkInfo:
     unit: str = "positions"  # or "groups" for a groupby
 
     def describe(self) -> str:
-        where = f"chunk {self.index} of {self.n_chunks} ({self.unit} {self.start}:{self.stop}"
+        of = f" of {self.n_chunks}" if self.n_chunks >= 0 else ""  # -1: a stream, still open
+        where = f"chunk {self.index}{of} ({self.unit} {self.start}:{self.stop}"
         if self.has_labels:
             what = "keys" if self.unit == "groups" else "index"
             where += f", {what} {self.first_label!r} .. {self.last_label!r}"

@@ -76,7 +76,7 @@ class MapFuture(concurrent.futures.Future[Any]):
     @property
     def workers(self) -> list[str | None]:
         """The worker that ran each chunk (None: not run yet)."""
-        return list(self._call.workers)
+        return [run.worker if run else None for run in self._call.runs]
 
     @property
     def elapsed(self) -> float:

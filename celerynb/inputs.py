@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence, Sized
+from collections.abc import Iterable, Sequence, Sized
 from types import ModuleType
 from typing import Literal, cast
 
-Kind = Literal["pandas", "numpy", "sequence", "groupby"]
+Kind = Literal["pandas", "numpy", "sequence", "groupby", "stream"]
 
 SUPPORTED = (
     "pandas DataFrame, Series or Index, NumPy ndarray (at least 1-D), "
-    "or a sized sequence such as a list, tuple or range"
+    "a sized sequence such as a list, tuple or range, "
+    "or an iterator of chunks (a generator, pd.read_csv(..., chunksize=N))"
 )
 
 
@@ -68,14 +69,14 @@ def kind_of(data: object) -> Kind:
     if isinstance(data, Sequence):
         return "sequence"
     name = type(data).__name__
-    if hasattr(data, "__next__") or hasattr(data, "gi_frame"):
-        hint = f"cmap needs sized data, got a {name}; pass list(...) of it"
-    elif isinstance(data, dict):
+    if isinstance(data, dict):
         hint = "cmap got a dict; pass list(d.items()) or list(d.values())"
     elif isinstance(data, set | frozenset):
         hint = f"cmap got a {name}, which has no order; pass sorted(...) or list(...) of it"
     elif isinstance(data, os.PathLike):
         hint = f"cmap got one path ({data}); pass a list of paths, e.g. sorted(folder.glob('*'))"
+    elif isinstance(data, Iterable):
+        return "stream"  # an iterator (or iterable) of chunks: each item is one chunk
     else:
         hint = f"cmap cannot split {name}"
     raise TypeError(f"{hint}. Supported data: {SUPPORTED}")
@@ -91,10 +92,18 @@ def nbytes(data: object) -> int:
 
 
 def check_inputs(inputs: tuple[object, ...]) -> int:
-    """Validate the inputs of a call; return their common length (groups for a groupby)."""
+    """Validate the inputs of a call; return their common length (groups for a groupby;
+    -1 for iterators of chunks, whose length is not known)."""
     kinds = [kind_of(data) for data in inputs]
     if "groupby" in kinds and len(inputs) > 1:
         raise TypeError("a groupby cannot be combined with other inputs: pass it alone")
+    if "stream" in kinds:
+        if set(kinds) != {"stream"}:
+            raise TypeError(
+                "an iterator of chunks is zipped only with other iterators (their items are "
+                "the chunks); pass iter(...) of chunks for the other inputs too"
+            )
+        return -1
     lengths = [len(cast(Sized, data)) for data in inputs]
     if len(set(lengths)) > 1:
         raise ValueError(

@@ -32,6 +32,7 @@ class CallKwargs(TypedDict, total=False):
     output_lines: int
     output_bytes: int
     log_level: int | str
+    max_ahead: int | None
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ class CallOptions:
     - ``args=()``, ``kwargs=None``: extra arguments for every ``func`` call,
       shipped once per call;
     - ``chunks=None``, ``chunk_size=None``: the default chunking (adaptive, or
-      4 chunks per worker; at most 64 MiB a chunk); either one overrides it;
+      4 chunks per worker; at most 64 MiB a chunk); either one overrides it
+      (an iterator's items are its chunks; ``chunk_size=`` re-cuts them);
     - ``reduce=None``: a function run on a worker over the list of chunk
       results; only its value comes back;
     - ``progress=True``: a widget in a notebook, a text bar in a terminal
@@ -56,7 +58,9 @@ class CallOptions:
       (``"end"``: all after the call, in chunk order; False: dropped);
     - ``output_lines=1000``, ``output_bytes=1 MiB``: past these, a call's
       output is counted, not shown;
-    - ``log_level="WARNING"``: log records of this level and up are shown.
+    - ``log_level="WARNING"``: log records of this level and up are shown;
+    - ``max_ahead=None``: for an iterator of chunks, how many chunks are read and
+      stored ahead of the workers (default: twice the pool processes).
     """
 
     args: tuple[Any, ...] = ()
@@ -73,6 +77,7 @@ class CallOptions:
     output_lines: int = 1000
     output_bytes: int = 2**20
     log_level: int | str = "WARNING"
+    max_ahead: int | None = None
 
     @classmethod
     def make(cls, **given: Any) -> CallOptions:
@@ -112,7 +117,7 @@ class CallOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        for name in ("chunks", "chunk_size"):
+        for name in ("chunks", "chunk_size", "max_ahead"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise TypeError(f"{name} must be a positive int, got {value!r}")

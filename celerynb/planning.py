@@ -204,6 +204,16 @@ def make_plan(
     ``fixed`` forces the fixed rule (``reduce=`` calls).
     """
     n_items = check_inputs(inputs)
+    if n_items < 0:  # iterators of chunks
+        from .streams import StreamPlan
+
+        if chunks is not None:
+            raise ValueError(
+                "chunks= needs a known length; an iterator's items are its chunks. "
+                "Pass chunk_size=N to re-cut them into N items each"
+            )
+        size_each = None if chunk_size is None else _positive_int("chunk_size", chunk_size)
+        return StreamPlan(inputs, size_each), None
     if kind_of(inputs[0]) == "groupby":
         return GroupPlan.make(
             inputs[0], n_chunks_for(n_items, workers, size, chunks, chunk_size)

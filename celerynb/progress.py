@@ -93,17 +93,25 @@ class Progress:
 
     @property
     def eta(self) -> float | None:
-        rate = self.rate
-        return (self.snap.n_items - self.snap.items_done) / rate if rate else None
+        s, rate = self.snap, self.rate
+        if s.known:
+            return (s.n_items - s.items_done) / rate if rate else None
+        if s.hint and s.chunks_done:  # an iterator with a length hint: by chunks
+            return s.elapsed * (s.hint - s.chunks_done) / s.chunks_done
+        return None
 
     def header(self) -> str:
         """The text shown before the first update: stable, so nbval can compare it."""
-        return f"{self.snap.label}: {self.snap.n_chunks:,} chunks, {self.snap.n_items:,} items"
+        s = self.snap
+        if not s.known:
+            return f"{s.label}: an iterator of chunks" + (f" ({s.hint:,})" if s.hint else "")
+        return f"{s.label}: {s.n_chunks:,} chunks, {s.n_items:,} items"
 
     def parts(self) -> list[str]:
         """The label's fields: chunks, items, elapsed, ETA, throughput, busy workers."""
         s = self.snap
-        chunks = f"{s.chunks_done:,}/{s.n_chunks:,} chunks"
+        total = f"/{s.n_chunks:,}" if s.known else (f"/{s.hint:,}" if s.hint else "")
+        chunks = f"{s.chunks_done:,}{total} chunks"
         if self.state == "finished":
             return [
                 chunks,
@@ -112,14 +120,12 @@ class Progress:
             ]
         if self.state == "waiting":
             return [f"{s.message} ({format_seconds(s.elapsed)})"]
-        parts = [
-            chunks,
-            f"{s.items_done:,}/{s.n_items:,} items",
-            f"{format_seconds(s.elapsed)} elapsed",
-        ]
+        items = f"{s.items_done:,}/{s.n_items:,} items" if s.known else f"{s.items_done:,} items"
+        parts = [chunks, items, f"{format_seconds(s.elapsed)} elapsed"]
         if self.state == "running":
             eta = self.eta
-            parts.append(f"ETA {format_seconds(eta)}" if eta is not None else "ETA -")
+            if eta is not None or s.known or s.hint:  # no made-up ETA for an open iterator
+                parts.append(f"ETA {format_seconds(eta)}" if eta is not None else "ETA -")
             parts.append(f"{format_rate(self.rate)} items/s")
             workers = f"/{self.capacity}" if self.capacity else ""
             parts.append(f"{s.busy}{workers} workers busy")
@@ -151,21 +157,31 @@ class TextDisplay:
     def _postfix(self, snap: Snapshot) -> str:
         if snap.state.value == "waiting":
             return Progress(snap).parts()[0]
-        return f"{snap.chunks_done}/{snap.n_chunks} chunks, {snap.busy} busy"
+        total = f"/{snap.n_chunks}" if snap.known else ""
+        return f"{snap.chunks_done}{total} chunks, {snap.busy} busy"
+
+    def _count(self, snap: Snapshot) -> None:
+        """Items over their total; an open iterator's chunks over its length hint; or a
+        plain count (no percentage) when nothing says how many will come."""
+        if snap.known:
+            self.bar.unit, self.bar.total, self.bar.n = "item", snap.n_items, snap.items_done
+        elif snap.hint:
+            self.bar.unit, self.bar.total, self.bar.n = "chunk", snap.hint, snap.chunks_done
+        else:
+            self.bar.unit, self.bar.total, self.bar.n = "item", None, snap.items_done
+        self.bar.set_postfix_str(self._postfix(snap), refresh=False)
 
     def update(self, snap: Snapshot) -> None:
         if self._closed:
             return
-        self.bar.total, self.bar.n = snap.n_items, snap.items_done
-        self.bar.set_postfix_str(self._postfix(snap), refresh=False)
+        self._count(snap)
         self.bar.refresh()
 
     def close(self, snap: Snapshot) -> None:
         if self._closed:
             return
         self._closed = True
-        self.bar.total, self.bar.n = snap.n_items, snap.items_done
-        self.bar.set_postfix_str(self._postfix(snap), refresh=False)
+        self._count(snap)
         state = snap.state.value
         if state != "finished":
             self.bar.set_description_str(f"{self.bar.desc} [{state}]", refresh=False)

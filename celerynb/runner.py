@@ -18,25 +18,23 @@ import redis
 
 from . import dispatch
 from .call import Call, CallState, Reaction
-from .errors import CelerynbError, ClusterError
+from .errors import ClusterError
 from .inputs import nbytes
 from .options import CallOptions
 from .output import Relay
-from .plane import INLINE, check_size, codec, delete, scripts
-from .plane.keys import TTL, CallKeys
+from .plane import check_size, codec, delete, scripts
+from .plane.keys import REDUCED, CallKeys
 from .plane.records import Record
-from .planning import EARLY_BYTES, make_plan
+from .planning import make_plan
 from .progress import Display, NoDisplay
 from .settings import mask_url
+from .streams import StreamFeed, StreamPlan
+from .submit import OPEN_SECONDS, Submission
 
 if TYPE_CHECKING:
     from redis.client import Pipeline
 
     from .cluster.connection import Cluster
-
-PUSH_BYTES = 32 * 2**20  # chunk bytes buffered before a pipeline is flushed
-EARLY_BATCH = 2**20  # the same for big calls, whose workers start on the first batch
-OPEN_SECONDS = 10  # workers stop waiting for an open call's chunks when its driver is gone
 
 
 class CallRunner:
@@ -61,12 +59,10 @@ class CallRunner:
         self.relay = Relay(
             o.output, o.output_lines, o.output_bytes, by_worker=cluster.elastic, funcs=call.funcs
         )
-        self.n_workers = 0  # pool processes when the call began
+        self.submission = Submission(cluster, call, self.keys, self.opts, self.size)
         self._job = job
-        self._slots = 0  # draining tasks sent so far (their slot numbers)
-        self._opened = False  # the call's "open" key is set (see _flush)
-        self._stored = False  # the call's keys exist: its driver keeps them alive
-        self._reducing = False  # the reduce task was sent
+        self._sent_reduce: tuple[list[int], int] | None = None  # the last reduce task sent
+        self.stream: StreamFeed | None = None  # reads an iterator input (see streams.py)
         self._since = time.monotonic()
         settings = cluster.settings
         call.waiting_for = (
@@ -90,82 +86,15 @@ class CallRunner:
         plan, planner = make_plan(
             self.inputs, n_workers, self.size, o.chunks, o.chunk_size, fixed=o.reduce is not None
         )
-        self.n_workers = n_workers
-        if self.call.begin(plan, planner):
-            self._store(range(len(plan)), job=self._job, publish=True)
-
-    def _store(self, indices: range, job: bytes = b"", publish: bool = False) -> None:
-        """Store chunks ``indices`` in pipelined batches and queue their numbers.
-
-        With ``publish``, the draining tasks go out once the first batch is
-        queued: a big call's workers start while the rest is stored (the call
-        stays open till then). Errors clean the call up and are raised.
-        """
-        plan, plane, n_items = self.call.plan, self.cluster.plane, self.call.n_items
-        pipe = self.cluster.redis.pipeline(transaction=False)
-        if job:
-            pipe.set(self.keys.func, job, ex=TTL)
-        pipe.set(self.keys.count, self.call.n_chunks, ex=TTL)
-        big_call = self.size >= EARLY_BYTES
-        early, batch = (self.n_workers, EARLY_BATCH) if big_call else (0, PUSH_BYTES)
-        buffered, queued = 0, []
-        for n, i in enumerate(indices, 1):
-            try:
-                big = self.size * plan.items(i) >= INLINE * n_items
-                what = plan.info(i).describe()
-                buffered += plane.put_chunk(pipe, self.keys, i, plan.take(i), big, what)
-            except (OSError, CelerynbError) as exc:
-                self.call.fail(exc)
-                raise
-            except Exception as exc:
-                error = TypeError(
-                    f"{plan.info(i).describe()} of the data cannot be pickled "
-                    f"({type(exc).__name__}: {exc}); pass data made of picklable objects"
-                )
-                self.call.fail(error)
-                raise error from exc
-            queued.append(i)
-            if n < len(indices) and (buffered > batch or n == early):
-                self._flush(pipe, queued, last=False)
-                buffered, queued = 0, []
-                if publish:
-                    self._publish(len(indices))
-                    publish = False
-        self._flush(pipe, queued, last=True)
-        if publish:
-            self._publish(len(indices))
-
-    def _flush(self, pipe: Pipeline, queued: list[int], last: bool) -> None:
-        # a long store (big data) keeps the call alive for its workers as the supervisor would
-        pipe.set(self.keys.alive, 1, ex=int(self.cluster.liveness.driver_grace))
-        if queued:
-            pipe.rpush(self.keys.pending, *queued)
-            pipe.expire(self.keys.pending, TTL)
-        # open: more chunks come (the rest of this batch, or, while adaptive
-        # chunking's probes run, the chunks planned from their times)
-        if not last or not self.call.planned:
-            pipe.set(self.keys.open, 1, ex=OPEN_SECONDS)
-            self._opened = True
-        elif self._opened:  # all queued: close the call
-            pipe.unlink(self.keys.open)
-            self._opened = False
-        pipe.execute()
-        self._stored = True
-
-    def _publish(self, n_chunks: int, held: list[str] | None = None, spare: bool = True) -> None:
-        """Send draining tasks for ``n_chunks`` newly queued chunks, plus the ``held`` slots
-        again (they resume the chunk they held): one per pool process, or one per chunk
-        with ``chunk_timeout`` (a per-task limit). An elastic cluster also gets a spare
-        message for a worker that joins."""
-        fresh = n_chunks if self.opts.one else min(n_chunks, max(self.n_workers, 1))
-        slots = [*(held or []), *(str(s) for s in range(self._slots, self._slots + fresh))]
-        self._slots += fresh
-        spares = []
-        if spare and self.cluster.elastic and not self.opts.one:
-            spares, self._slots = [str(self._slots)], self._slots + 1
-        dispatch.publish_slots(
-            self.cluster.app, self.cluster.settings.queue, self.keys, slots, self.opts, spares
-        )
+        self.submission.n_workers = n_workers
+        if not self.call.begin(plan, planner):
+            return
+        if isinstance(plan, StreamPlan):
+            ahead = self.options.max_ahead or 2 * n_workers
+            self.stream = StreamFeed(self, plan, ahead)
+            self.stream.begin(self._job)
+        else:
+            self.submission.store(range(len(plan)), job=self._job, publish=True)
 
     # -- what the supervisor drives ---------------------------------------------------------------
     def poll_waiting(self, now: float) -> None:
@@ -208,13 +137,12 @@ class CallRunner:
         """
         more, busy, output = after
         blobs += more or []
-        if before and not before[0] and self._stored and not blobs:
-            self.call.fail(
-                ClusterError(
-                    "the workers dropped this call: its driver gave no sign of life for "
-                    f"{self.cluster.liveness.driver_grace:.0f} s (was the process suspended?)"
-                )
-            )
+        if (
+            before and not before[0] and self.submission.stored and not blobs
+        ):  # its workers reaped it
+            grace = self.cluster.liveness.driver_grace
+            why = f"its driver gave no sign of life for {grace:.0f} s (was it suspended?)"
+            self.call.fail(ClusterError(f"the workers dropped this call: {why}"))
             return
         if output:
             self.relay.take(self.cluster.plane.pop_output(output))
@@ -222,52 +150,60 @@ class CallRunner:
         for blob in blobs:
             record: Record = codec.loads(self.cluster.settings.secret, blob)
             record.meta.bytes_out += len(blob)
-            records.append(record)
+            if self.stream is None or not self.stream.takes(record):  # partial reductions
+                records.append(record)
         del blobs
         if records:
             records = self.cluster.plane.fetch(self.keys, records)
         self._act(self.call.receive(records, int(busy or 0)))
+        if self.stream is not None:
+            self.stream.feeder.room.set()
         if not isinstance(self.display, NoDisplay):
             self.display.update(self.call.snapshot())
 
     def _act(self, reaction: Reaction) -> None:
         if reaction.store:
-            self._store(reaction.store)
+            self.submission.store(reaction.store)
             if self.call.state.ended:  # cancelled while storing: those chunks go too
                 self._cleanup()
-        if reaction.reduce and not self._reducing:
-            self._reducing = True
-            dispatch.publish_reduce(
-                self.cluster.app,
-                self.cluster.settings.queue,
-                self.keys,
-                self.call.n_chunks,
-                self.opts.shm,
-            )
+        if self.stream is not None:  # an iterator's parts are reduced as they come
+            due = self.stream.reduction_due()
+            if due is not None:
+                self.send_reduce(*due)
+        elif reaction.reduce and self._sent_reduce is None:
+            self.send_reduce(list(range(self.call.n_chunks)), REDUCED)
+
+    def send_reduce(self, parts: list[int], out: int) -> None:
+        """A reduce task over stored ``parts``, into ``out`` (the result, or a partial one
+        that an open iterator's draining tasks make: they hold the pool processes)."""
+        self._sent_reduce = (parts, out)
+        if out != REDUCED and self.call.streaming and self.stream is not None:
+            self.stream.send_fold(parts, out)
+            return
+        app, queue = self.cluster.app, self.cluster.settings.queue
+        dispatch.publish_reduce(app, queue, self.keys, parts, self.opts.shm, out)
 
     def workers_lost(self, dead: list[str]) -> None:
         """Workers stopped beating: their slots' chunks go back to the queue, fresh draining
         tasks replace them (and a lost reduce task is sent again)."""
-        if self.call.state is not CallState.RUNNING or not self._stored:
+        if self.call.state is not CallState.RUNNING or not self.submission.stored:
             return
         moved = scripts.requeue(self.cluster.redis, self.keys, dead)
         if moved:
-            self._publish(moved)
-        if self._reducing:
-            self._reducing = False
-            self._act(Reaction(reduce=True))
+            self.submission.publish(moved)
+        if self._sent_reduce is not None:  # it may have been on that worker
+            self.send_reduce(*self._sent_reduce)
 
     def worker_restarted(self) -> None:
         """The embedded worker died and was replaced: re-send what it held."""
         if self.call.state is not CallState.RUNNING:
             return
-        if self._reducing:
-            self._reducing = False
-            self._act(Reaction(reduce=True))
+        if self._sent_reduce is not None:
+            self.send_reduce(*self._sent_reduce)
             return
         held = [_text(s) for s in self.cluster.redis.hkeys(self.keys.slots)]
         done = self.call.snapshot().chunks_done
-        self._publish(self.call.n_chunks - done, held)
+        self.submission.publish(self.call.n_chunks - done, held)
 
     def cancel(self, reason: str = "the call was cancelled") -> bool:
         """Revoke the outstanding chunks and stop running ones; False if already done."""
@@ -291,7 +227,7 @@ class CallRunner:
             delete(self.cluster.redis, [self.keys.chunk(i) for i in range(self.call.n_chunks)])
             slots = {_text(s) for s in self.cluster.redis.hgetall(self.keys.running).values()}
             ids = [self.keys.slot_task(s) for s in sorted(slots)]
-            if self._reducing:
+            if self._sent_reduce is not None:
                 ids.append(self.keys.reduce_task)
             # Celery records revoked tasks in the backend: remove those records later
             self.cluster.defer_delete(dispatch.revoke(self.cluster.app, ids))

@@ -81,8 +81,14 @@ class WidgetDisplay(_Throttled):
         p = self.progress
         self.box.summary = p.summary()
         with self.bar.hold_sync():
-            self.bar.max = max(p.snap.n_items, 1)
-            self.bar.value = p.snap.n_items if p.state == "finished" else p.snap.items_done
+            s = p.snap
+            if s.known or p.state == "finished":
+                self.bar.max, self.bar.value = max(s.n_items, 1), s.items_done
+            elif s.hint:  # an open iterator that says how many chunks it gives
+                self.bar.max, self.bar.value = s.hint, min(s.chunks_done, s.hint)
+            self.bar.layout.visibility = "visible" if s.known or s.hint else "hidden"
+            if p.state == "finished":
+                self.bar.value = self.bar.max
             if p.state not in ("running", "waiting"):
                 self.bar.bar_style = _BAR_STYLE.get(p.state, "danger")
         self.label.value = self._label_html()

@@ -43,7 +43,8 @@ def test_few_task_messages_for_many_chunks(cluster: celerynb.LocalCluster) -> No
         progress=False,
     )  # fmt: skip
     assert future.result(timeout=120) == list(range(1, 1001))
-    assert future._runner._slots == cluster.n_workers  # one draining task per pool process
+    # one draining task per pool process
+    assert future._runner.submission._slots == cluster.n_workers
     assert set(future.workers) != {None}
 
 
@@ -147,10 +148,10 @@ def test_adaptive_chunks_follow_the_probes(cluster: celerynb.LocalCluster) -> No
     )
     assert cheap.result(timeout=60) == list(range(1, 200_001))
     assert cheap.n_chunks <= 2 * n + 2, cheap.n_chunks
-    assert cheap._runner._slots == n
+    assert cheap._runner.submission._slots == n
     slow = celerynb.cmap_async(_sleepy, list(range(600)), cluster=cluster, progress=False)
     assert slow.result(timeout=60) == [x * 3 for x in range(600)]
-    assert slow._runner._slots == n
+    assert slow._runner.submission._slots == n
     assert slow._call.plan is not None
     sizes = [slow._call.plan.items(i) for i in range(n, slow.n_chunks)]  # after the probes
     assert len(sizes) > 2 * n, sizes  # 2.4 s of work: many chunks
@@ -203,5 +204,5 @@ def test_big_call_starts_before_all_is_stored(cluster: celerynb.LocalCluster) ->
     frame = pd.DataFrame(np.random.default_rng(0).random((2_000_000, 2)))  # 32 MB, 32 chunks
     future = celerynb.cmap_async(lambda f: f * 2, frame, chunks=32, cluster=cluster, progress=False)
     pd.testing.assert_frame_equal(future.result(timeout=60), frame * 2)
-    assert future._runner._slots == cluster.n_workers
+    assert future._runner.submission._slots == cluster.n_workers
     assert not cluster.redis.exists(CallKeys(future.id).open)

@@ -132,5 +132,5 @@ def test_one_file_is_refused(cluster: celerynb.LocalCluster, tmp_path: Path) -> 
 
 def test_glob_generator_is_refused(cluster: celerynb.LocalCluster, tmp_path: Path) -> None:
     make_files(tmp_path)
-    with pytest.raises(TypeError, match=r"sized data.*list\(\.\.\.\)"):
+    with pytest.raises(TypeError, match=r"items are its chunks.*PosixPath.*list\(\.\.\.\)"):
         run(cluster, inspect, tmp_path.glob("*"))

@@ -84,8 +84,8 @@ class DataPlane(Protocol):
     def fetch(self, keys: CallKeys, records: list[Record]) -> list[Record]:
         """The records with every value kept apart fetched (and its copy removed)."""
 
-    def load_parts(self, keys: CallKeys, n_chunks: int) -> list[object]:
-        """A reduce= call's stored parts, in chunk order."""
+    def load_parts(self, keys: CallKeys, indices: list[int]) -> list[object]:
+        """A reduce= call's stored parts ``indices`` (chunks, or partial reductions)."""
 
     def drop(self, keys: CallKeys, indices: Iterable[int], results: bool) -> None:
         """Delete the files of chunks ``indices`` (and of their results, with ``results``)."""
@@ -172,9 +172,9 @@ class RedisPlane:
             out.append(r)
         return out
 
-    def load_parts(self, keys: CallKeys, n_chunks: int) -> list[object]:
+    def load_parts(self, keys: CallKeys, indices: list[int]) -> list[object]:
         pipe = self.redis.pipeline(transaction=False)
-        for i in range(n_chunks):
+        for i in indices:
             pipe.get(keys.result(i))
         blobs = pipe.execute()
         if any(b is None for b in blobs):
@@ -258,10 +258,10 @@ class ShmPlane(RedisPlane):
             out.append(r)
         return out
 
-    def load_parts(self, keys: CallKeys, n_chunks: int) -> list[object]:
-        names = [keys.result_file(i) for i in range(n_chunks)]
-        in_files = {i for i, n in enumerate(names) if (self.store.directory / n).exists()}
-        rest = [i for i in range(n_chunks) if i not in in_files]
+    def load_parts(self, keys: CallKeys, indices: list[int]) -> list[object]:
+        names = {i: keys.result_file(i) for i in indices}
+        in_files = {i for i, n in names.items() if (self.store.directory / n).exists()}
+        rest = [i for i in indices if i not in in_files]
         pipe = self.redis.pipeline(transaction=False)
         for i in rest:
             pipe.get(keys.result(i))
@@ -270,7 +270,7 @@ class ShmPlane(RedisPlane):
             raise LookupError("a part is gone from the store (the call was cancelled)")
         return [
             self.store.get(names[i]) if i in in_files else codec.loads(self.secret, blobs[i])
-            for i in range(n_chunks)
+            for i in indices
         ]
 
     def drop(self, keys: CallKeys, indices: Iterable[int], results: bool) -> None:

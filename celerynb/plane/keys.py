@@ -76,6 +76,11 @@ class CallKeys:
         return self.base + "count"
 
     @cached_property
+    def folds(self) -> str:
+        """List of partial reductions an iterator's reduce= call wants (signed JSON)."""
+        return self.base + "folds"
+
+    @cached_property
     def output(self) -> str:
         """List of batches of what func printed, warned and logged (signed JSON)."""
         return self.base + "output"
@@ -102,7 +107,7 @@ class CallKeys:
         per_chunk = [k for i in range(n_chunks) for k in (self.chunk(i), self.result(i))]
         fixed = [self.func, self.done, self.tries, self.running, self.pending, self.slots]
         fixed += [self.owners, self.fenced, self.alive, self.count, self.open]
-        fixed += [self.output, self.output_bytes]
+        fixed += [self.output, self.output_bytes, self.folds]
         return [*fixed, self.result(REDUCED), *per_chunk]
 
     def chunk_file(self, index: int) -> str:

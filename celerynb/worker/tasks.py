@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -24,7 +25,7 @@ from .capture import Capture
 
 # a draining task hands its slot on to a fresh message after this long
 DRAIN_SECONDS = float(os.environ.get("CELERYNB_DRAIN_SECONDS", "10"))
-OPEN_WAIT = 0.01  # seconds a draining task waits at a time for an open call's next chunks
+OPEN_WAIT = 0.2  # seconds a draining task waits at a time for an open call's next chunks
 
 
 def compute(job: Job, chunk: object, opts: SlotOptions) -> object:
@@ -181,6 +182,8 @@ def run_chunks(self: Task, call: str, slot: str, opts: SlotOptions, spare: bool 
         if got.pending == ABANDONED:  # its notebook is gone: nobody wants the results
             reap(ctx.redis, keys)
             return _summary(opts, call, ran)
+        if got.index is None and opts.keep and _fold(keys, opts, worker):
+            continue  # between an iterator's chunks: a partial reduction it asked for
         if got.index is None and got.pending == OPEN and take:  # more chunks may come
             # (the list's last chunk number rotates to its head: nothing is taken)
             ctx.redis.brpoplpush(keys.pending, keys.pending, timeout=OPEN_WAIT)
@@ -195,26 +198,46 @@ def run_chunks(self: Task, call: str, slot: str, opts: SlotOptions, spare: bool 
         report = _run_one(plane, keys, got, opts, worker)
 
 
-@app.task(name=REDUCE, bind=True, ignore_result=True)
-def reduce_parts(self: Task, call: str, n_chunks: int, shm: bool = False) -> None:
-    """Apply the call's reducer to its stored parts; push its record for the driver."""
-    ctx, keys, worker = context, CallKeys(call), self.request.hostname or ""
+def reduce_into(call: str, parts: list[int], shm: bool, out: int, worker: str) -> None:
+    """Apply the call's reducer to its stored ``parts`` (in order) and push the record of
+    the value: the call's result (``out`` REDUCED), or a partial one kept as part ``out``
+    for a later reduction (an iterator's parts are reduced as they come)."""
+    ctx, keys = context, CallKeys(call)
     plane, started = ctx.plane(shm), time.perf_counter()
     try:
         job = ctx.job(call, ctx.redis.get(keys.func), worker)  # type: ignore[arg-type]
-        parts = plane.load_parts(keys, n_chunks)
+        values = plane.load_parts(keys, parts)
     except LookupError:  # cancelled meanwhile
         return
     begun = time.time()
+    status = Status.OK if out == REDUCED else Status.STORED
     try:
         assert job.reduce is not None
-        value = job.reduce(parts)
-        record = Record(REDUCED, Status.OK, value, meta=_meta(worker, started, begun, 1))
+        value = job.reduce(values)
+        record = Record(out, status, value, meta=_meta(worker, started, begun, 1))
     except Exception as exc:
         failure = failure_of(exc, worker)
-        record = Record(REDUCED, Status.ERROR, failure, meta=_meta(worker, started, begun, 1))
-    del parts
-    plane.drop(keys, range(n_chunks), results=True)
-    delete(ctx.redis, [keys.result(i) for i in range(n_chunks)])
+        record = Record(out, Status.ERROR, failure, meta=_meta(worker, started, begun, 1))
+    del values
+    plane.drop(keys, parts, results=True)
+    delete(ctx.redis, [keys.result(i) for i in parts])
     blob, parked = plane.place(keys, record)
-    push_record(ctx.redis, keys, REDUCED, blob, parked)
+    push_record(ctx.redis, keys, out, blob, parked)
+
+
+def _fold(keys: CallKeys, opts: SlotOptions, worker: str) -> bool:
+    """Run a partial reduction the driver asked for, if there is one; whether there was."""
+    blob = context.redis.lpop(keys.folds)
+    if not blob:
+        return False
+    parts, out = json.loads(bytes(codec.verify(context.secret, blob)))  # type: ignore[arg-type]
+    reduce_into(keys.call, parts, opts.shm, out, worker)
+    return True
+
+
+@app.task(name=REDUCE, bind=True, ignore_result=True)
+def reduce_parts(
+    self: Task, call: str, parts: list[int], shm: bool = False, out: int = REDUCED
+) -> None:
+    """The reduce task: see :func:`reduce_into`."""
+    reduce_into(call, parts, shm, out, self.request.hostname or "")

@@ -1,0 +1,119 @@
+"""Storing a call's chunks and sending its draining tasks: the submission side of a runner."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import dispatch
+from .call import Call
+from .errors import CelerynbError
+from .options import SlotOptions
+from .plane import INLINE
+from .plane.keys import TTL, CallKeys
+from .planning import EARLY_BYTES
+
+if TYPE_CHECKING:
+    from redis.client import Pipeline
+
+    from .cluster.connection import Cluster
+
+PUSH_BYTES = 32 * 2**20  # chunk bytes buffered before a pipeline is flushed
+EARLY_BATCH = 2**20  # the same for big calls, whose workers start on the first batch
+OPEN_SECONDS = 10  # workers stop waiting for an open call's chunks when its driver is gone
+
+
+class Submission:
+    """Stores ``call``'s chunks (``size``: bytes of its inputs) in pipelined batches, queues
+    their numbers, says whether more may come (the call's ``open`` key), and sends the
+    draining tasks (``opts``) for ``n_workers`` pool processes."""
+
+    def __init__(
+        self, cluster: Cluster, call: Call, keys: CallKeys, opts: SlotOptions, size: int
+    ) -> None:
+        self.cluster, self.call, self.keys, self.opts, self.size = cluster, call, keys, opts, size
+        self.n_workers = 0  # pool processes when the call began
+        self.stored = False  # the call's keys exist: its driver keeps them alive
+        self._opened = False  # the call's "open" key is set
+        self._slots = 0  # draining tasks sent so far (their slot numbers)
+
+    def __repr__(self) -> str:
+        return f"<Submission of {self.call!r}: {self._slots} draining tasks sent>"
+
+    def store(self, indices: range, job: bytes = b"", publish: bool = False) -> None:
+        """Store chunks ``indices`` in pipelined batches and queue their numbers.
+
+        With ``publish``, the draining tasks go out once the first batch is
+        queued: a big call's workers start while the rest is stored (the call
+        stays open till then). Errors clean the call up and are raised.
+        """
+        plan, plane, n_items = self.call.plan, self.cluster.plane, self.call.n_items
+        pipe = self.cluster.redis.pipeline(transaction=False)
+        if job:
+            pipe.set(self.keys.func, job, ex=TTL)
+        pipe.set(self.keys.count, self.call.n_chunks, ex=TTL)
+        big_call = self.size >= EARLY_BYTES
+        early, batch = (self.n_workers, EARLY_BATCH) if big_call else (0, PUSH_BYTES)
+        buffered, queued = 0, []
+        for n, i in enumerate(indices, 1):
+            try:
+                big = self.size * plan.items(i) >= INLINE * n_items
+                what = plan.info(i).describe()
+                buffered += plane.put_chunk(pipe, self.keys, i, plan.take(i), big, what)
+            except (OSError, CelerynbError) as exc:
+                self.call.fail(exc)
+                raise
+            except Exception as exc:
+                error = TypeError(
+                    f"{plan.info(i).describe()} of the data cannot be pickled "
+                    f"({type(exc).__name__}: {exc}); pass data made of picklable objects"
+                )
+                self.call.fail(error)
+                raise error from exc
+            queued.append(i)
+            if n < len(indices) and (buffered > batch or n == early):
+                self.flush(pipe, queued, last=False)
+                buffered, queued = 0, []
+                if publish:
+                    self.publish(len(indices))
+                    publish = False
+        self.flush(pipe, queued, last=True)
+        if publish:
+            self.publish(len(indices))
+
+    def flush(self, pipe: Pipeline, queued: list[int], last: bool, closing: bool = False) -> None:
+        """Queue ``queued`` (stored in ``pipe``) and say whether more may come.
+
+        ``last``: the last batch of what is planned; ``closing``: nothing more will come
+        (an iterator input is exhausted).
+        """
+        # a long store (big data) keeps the call alive for its workers as the supervisor would
+        pipe.set(self.keys.alive, 1, ex=int(self.cluster.liveness.driver_grace))
+        if queued:
+            pipe.rpush(self.keys.pending, *queued)
+            pipe.expire(self.keys.pending, TTL)
+        # open: more chunks come (the rest of this batch, or, while adaptive
+        # chunking's probes run, the chunks planned from their times)
+        pipe.set(self.keys.count, self.call.n_chunks, ex=TTL)
+        if not closing and (not last or not self.call.planned):
+            pipe.set(self.keys.open, 1, ex=OPEN_SECONDS)
+            self._opened = True
+        elif self._opened:  # all queued: close the call
+            pipe.unlink(self.keys.open)
+            self._opened = False
+        pipe.execute()
+        self.stored = True
+
+    def publish(self, n_chunks: int, held: list[str] | None = None, spare: bool = True) -> None:
+        """Send draining tasks for ``n_chunks`` newly queued chunks, plus the ``held`` slots
+        again (they resume the chunk they held): one per pool process, or one per chunk
+        with ``chunk_timeout`` (a per-task limit). An elastic cluster also gets a spare
+        message for a worker that joins."""
+        fresh = n_chunks if self.opts.one else min(n_chunks, max(self.n_workers, 1))
+        slots = [*(held or []), *(str(s) for s in range(self._slots, self._slots + fresh))]
+        self._slots += fresh
+        spares = []
+        if spare and self.cluster.elastic and not self.opts.one:
+            spares, self._slots = [str(self._slots)], self._slots + 1
+        dispatch.publish_slots(
+            self.cluster.app, self.cluster.settings.queue, self.keys, slots, self.opts, spares
+        )
