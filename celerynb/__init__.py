@@ -34,11 +34,16 @@ _PUBLIC = {
     "VersionMismatch": "errors",
     "MapFuture": "future",
     "CallOptions": "options",
+    "CallInfo": "durable",
+    "attach": "durable",
+    "calls": "durable",
+    "forget": "durable",
 }
 
 if TYPE_CHECKING:
     from .api import cmap, cmap_async
     from .cluster import Cluster, LocalCluster, as_current, connect, current, default_cluster
+    from .durable import CallInfo, attach, calls, forget
     from .errors import (
         CancelledError,
         CelerynbError,
@@ -81,6 +86,7 @@ def unload_ipython_extension(ipython: object) -> None:
 
 
 __all__ = [
+    "CallInfo",
     "CallOptions",
     "CancelledError",
     "CelerynbError",
@@ -95,10 +101,13 @@ __all__ = [
     "VersionMismatch",
     "__version__",
     "as_current",
+    "attach",
+    "calls",
     "cmap",
     "cmap_async",
     "connect",
     "current",
     "default_cluster",
+    "forget",
     "join",
 ]

@@ -7,6 +7,7 @@ from typing import Any, Unpack
 
 import cloudpickle
 
+from . import durable
 from .call import Call, CallState, finished_call
 from .cluster import Cluster, default_cluster
 from .errors import ClusterError
@@ -97,6 +98,42 @@ def _label(func: object) -> str:
     return f"cmap({getattr(func, '__name__', type(func).__name__)})"
 
 
+def _named(
+    func: Callable[..., Any], inputs: tuple[Any, ...], opts: CallOptions, cluster: Cluster | None
+) -> tuple[Cluster, str, MapFuture | None]:
+    """A named call's cluster and fingerprint, and the future of the same call already
+    there (running or finished), if there is one."""
+    name = opts.name
+    assert name is not None
+    if any(kind_of(x) in ("groupby", "stream") for x in inputs):
+        raise TypeError(
+            "name= is for data of known length (a DataFrame, Series, array or list); "
+            "groupbys and iterators cannot be named yet: run them without name="
+        )
+    target = durable.target(cluster)
+    fp = durable.fingerprint(func, inputs, opts)
+    found = durable.lookup(target, name)
+    if found is None:
+        return target, fp, None
+    call_id, meta = found
+    state = meta.get("state", "running")
+    usable = state in ("running", "finished") and bool(meta.get("n_chunks"))
+    if usable and not opts.replace:
+        if meta.get("fingerprint") != fp:
+            raise ValueError(
+                f"a call named {name!r} with another function or data is {state} on "
+                f"{target!r}: pass replace=True to run this one instead, use another name, "
+                f"or celerynb.attach({name!r}) to get that one"
+            )
+        return (
+            target,
+            fp,
+            durable.resume(target, call_id, meta, progress=opts.progress, timeout=opts.timeout),
+        )
+    durable.drop(target, call_id, name)  # replaced, or failed / incomplete: run again
+    return target, fp, None
+
+
 def cmap_async(
     func: Callable[..., Any],
     data: Any,
@@ -119,7 +156,12 @@ def cmap_async(
     if n_items == 0:
         _dump_job("", job)  # the same errors as for a real call
         return MapFuture(finished_call(_empty(func, inputs, opts), _label(func)))
-    target = cluster or default_cluster()
+    if opts.name is not None:
+        target, fp, found = _named(func, inputs, opts, cluster)
+        if found is not None:  # the same call ran (or runs) under that name: attached
+            return found
+    else:
+        target, fp = cluster or default_cluster(), ""
     if target.closed:
         raise ClusterError(f"{target!r} is closed: start a new one or pass cluster=None")
     blob = _dump_job(target.settings.secret, job)
@@ -132,6 +174,8 @@ def cmap_async(
         state=CallState.WAITING,
     )
     runner = CallRunner(target, call, blob, opts, inputs)
+    if opts.name is not None:
+        runner.naming = (opts.name, fp)
     runner.start()
     display = make_display(opts.progress, call.snapshot(), call.cancel, runner.submission.n_workers)
     runner.display = display

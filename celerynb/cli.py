@@ -1,4 +1,4 @@
-"""The ``celerynb`` command: ``worker`` and ``demo``."""
+"""The ``celerynb`` command: ``worker``, ``cluster`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -148,6 +148,51 @@ def _demo(args: argparse.Namespace) -> int:
     return run(rows=args.rows, n_workers=args.workers)
 
 
+def _cluster(args: argparse.Namespace) -> int:
+    """``celerynb cluster start | status | stop``; exit 0 when it is (or was) done."""
+    from . import detached
+    from .errors import ClusterError
+
+    try:
+        found = detached.DetachedCluster.load()
+        if args.action == "start":
+            was_running = found is not None and found.running()
+            found = detached.start(args.workers)
+            word = "already running" if was_running else "started"
+            print(f"celerynb cluster {word}: {_describe(found)}")
+            print("use it from a notebook with celerynb.connect() (or %celerynb connect)")
+            return 0
+        if found is None:
+            print(f"celerynb cluster: none (no state file at {detached.state_file()})")
+            return 0 if args.action == "stop" else 1
+        if args.action == "stop":
+            found.stop()
+            print("celerynb cluster stopped")
+            return 0
+        if not found.running():
+            print(
+                f"celerynb cluster: not running (its processes are gone); "
+                f"`celerynb cluster stop` removes {detached.state_file()}"
+            )
+            return 1
+        print(f"celerynb cluster running: {_describe(found)}")
+        return 0
+    except ClusterError as exc:
+        print(f"celerynb cluster: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _describe(found: object) -> str:
+    from .detached import DetachedCluster, state_file
+
+    assert isinstance(found, DetachedCluster)
+    return (
+        f"{found.concurrency} pool processes, broker {mask_url(found.broker_url)}, "
+        f"pids {found.redis_pid} (server) {found.worker_pid} (worker), "
+        f"state file {state_file()}, worker log {found.dir}/worker.log"
+    )
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -236,6 +281,28 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how long the start-up check waits for the broker and store (default "
         f"{CONNECT_TIMEOUT:g})",
     )
+    c = sub.add_parser(
+        "cluster",
+        help="a detached local cluster that outlives notebook kernels (start, status, stop)",
+        description=textwrap.dedent(
+            """\
+            A redis-server (127.0.0.1, with a password) and a worker running in the
+            background for this user, independent of any kernel: named calls on it
+            survive a kernel restart. Its URL and secret are in a state file only
+            this user can read (CELERYNB_STATE_DIR, default
+            ~/.local/state/celerynb); celerynb.connect() with no URL finds it."""
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument(
+        "action",
+        choices=("start", "status", "stop"),
+        help="start it (or say it runs), say whether it runs (exit 1 if not), stop it",
+    )
+    c.add_argument(
+        "-n", "--workers", type=_positive_int, default=None, metavar="N",
+        help="pool processes (start; default: one per core)",
+    )  # fmt: skip
     d = sub.add_parser(
         "demo",
         help="run a CPU-bound demo on the embedded cluster",
@@ -255,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _worker(args, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "cluster":
+        return _cluster(args)
     return _demo(args)
 
 

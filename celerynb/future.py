@@ -61,6 +61,23 @@ class MapFuture(concurrent.futures.Future[Any]):
         return self._call.label
 
     @property
+    def name(self) -> str | None:
+        """A named call's name (None: unnamed)."""
+        runner = self._runner
+        return runner.naming[0] if runner is not None and runner.naming else None
+
+    def forget(self) -> None:
+        """Delete everything of this call from its cluster: its results, its name; a
+        running call is cancelled first. ``result()`` still works if it had joined."""
+        self._cancel("the call was forgotten")
+        runner = self._runner
+        if runner is not None:
+            from . import durable
+
+            self._call.wait(10)
+            durable.drop(runner.cluster, self.id, self.name)
+
+    @property
     def state(self) -> str:
         """'waiting', 'running', 'finished', 'failed', 'cancelled' or 'timed out'."""
         return self._call.state.value

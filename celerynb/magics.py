@@ -4,9 +4,12 @@
 
     %celerynb status          cluster kind, broker (password masked), workers, chunks
     %celerynb start [-n N]    start an embedded cluster with N pool processes
+    %celerynb start --detach  start (or find) the detached cluster, which outlives
+                              the kernel, and connect to it
     %celerynb stop            stop the current cluster (a remote one: disconnect)
     %celerynb restart         stop it and start / connect a fresh one alike
-    %celerynb connect URL     use an existing deployment (CELERYNB_SECRET applies)
+    %celerynb connect [URL]   use an existing deployment (CELERYNB_SECRET applies);
+                              no URL: the detached cluster
     %celerynb logs [-n N]     the last N lines (default 30) of the embedded worker's log
 
 ``%unload_ext celerynb`` stops the embedded clusters these magics started.
@@ -28,7 +31,10 @@ from .settings import mask_url
 if TYPE_CHECKING:
     from .cluster import Cluster
 
-USAGE = "usage: %celerynb status | start [-n N] | stop | restart | connect URL | logs [-n N]"
+USAGE = (
+    "usage: %celerynb status | start [-n N] [--detach] | stop | restart | connect [URL] | "
+    "logs [-n N]"
+)
 COMMANDS = ("status", "start", "stop", "restart", "connect", "logs")
 
 #: embedded clusters started by the magics (stopped by %unload_ext)
@@ -132,9 +138,15 @@ class CelerynbMagics(Magics):
         type=_positive,
         help="pool processes (start; default: cores), or lines (logs; default 30)",
     )
+    @argument(
+        "--detach",
+        action="store_true",
+        help="start: the detached cluster (outlives the kernel; `celerynb cluster stop` ends it)",
+    )
     @line_magic
     def celerynb(self, line: str = "") -> None:
-        """Manage the cluster: status | start [-n N] | stop | restart | connect URL | logs."""
+        """Manage the cluster: status | start [-n N] [--detach] | stop | restart |
+        connect [URL] | logs."""
         try:
             args = parse_argstring(self.celerynb, line)
         except (UsageError, ValueError) as exc:
@@ -143,12 +155,14 @@ class CelerynbMagics(Magics):
             raise UsageError(f"{args.command} takes no arguments, got {args.url!r}\n{USAGE}")
         if args.n_workers is not None and args.command not in ("start", "logs"):
             raise UsageError(f"-n goes with start or logs only\n{USAGE}")
-        if args.command == "connect" and args.url is None:
-            raise UsageError(f"connect takes one broker URL\n{USAGE}")
+        if args.detach and args.command != "start":
+            raise UsageError(f"--detach goes with start only\n{USAGE}")
         if args.command == "status":
             from .cluster import current
 
             print(status_text(current()))
+        elif args.command == "start" and args.detach:
+            self._start_detached(args.n_workers)
         elif args.command == "start":
             self._start(args.n_workers)
         elif args.command == "stop":
@@ -176,6 +190,20 @@ class CelerynbMagics(Magics):
             raise UsageError(f"celerynb: the embedded cluster did not start: {exc}") from None
         _started.append(cluster)
         print(f"celerynb: started {cluster!r} in {cluster.startup_seconds:.1f} s")
+
+    def _start_detached(self, n_workers: int | None) -> None:
+        import subprocess
+        import sys
+
+        argv = [sys.executable, "-m", "celerynb.cli", "cluster", "start"]
+        if n_workers is not None:
+            argv += ["-n", str(n_workers)]
+        # started by a process that exits at once: the cluster is nobody's child here
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise UsageError(f"celerynb: the detached cluster did not start: {done.stderr}")
+        print(done.stdout.strip().splitlines()[0])
+        self._connect(None)
 
     @staticmethod
     def _stop() -> None:
@@ -227,7 +255,7 @@ class CelerynbMagics(Magics):
             )
 
     @staticmethod
-    def _connect(url: str) -> None:
+    def _connect(url: str | None) -> None:
         from .cluster import connect, current
         from .errors import ClusterError
 

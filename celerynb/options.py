@@ -8,6 +8,7 @@ import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Literal, TypedDict
 
 Progress = bool | Literal["auto", "widget", "text"] | None
@@ -33,6 +34,9 @@ class CallKwargs(TypedDict, total=False):
     output_bytes: int
     log_level: int | str
     max_ahead: int | None
+    name: str | None
+    keep: float | timedelta | None
+    replace: bool
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,14 @@ class CallOptions:
       output is counted, not shown;
     - ``log_level="WARNING"``: log records of this level and up are shown;
     - ``max_ahead=None``: for an iterator of chunks, how many chunks are read and
-      stored ahead of the workers (default: twice the pool processes).
+      stored ahead of the workers (default: twice the pool processes);
+    - ``name=None``: a named call, on a detached or remote cluster, goes on
+      when its kernel dies and is found again by ``attach(name)``; running the
+      same function on the same data under that name again attaches to it;
+    - ``keep=None``: seconds (or a timedelta) a named call's results are kept
+      (24 h);
+    - ``replace=False``: True lets a named call replace another one of that
+      name with a different function or data.
     """
 
     args: tuple[Any, ...] = ()
@@ -78,6 +89,9 @@ class CallOptions:
     output_bytes: int = 2**20
     log_level: int | str = "WARNING"
     max_ahead: int | None = None
+    name: str | None = None
+    keep: float | timedelta | None = None
+    replace: bool = False
 
     @classmethod
     def make(cls, **given: Any) -> CallOptions:
@@ -128,6 +142,7 @@ class CallOptions:
         if not (isinstance(self.output, bool) or self.output in ("stream", "end")):
             raise ValueError(f"output must be 'stream', 'end', True or False; got {self.output!r}")
         self.level()  # a bad log_level names itself
+        self._check_naming()
         progress = self.progress
         if not (
             progress is None
@@ -138,6 +153,25 @@ class CallOptions:
                 "progress must be one of True, False, None, 'auto', 'widget' or 'text'; "
                 f"got {self.progress!r}"
             )
+
+    def _check_naming(self) -> None:
+        if self.name is not None and (not isinstance(self.name, str) or not self.name.strip()):
+            raise ValueError(f"name must be a non-empty str, got {self.name!r}")
+        keep = self.keep
+        if isinstance(keep, timedelta):
+            keep = keep.total_seconds()
+        if keep is not None and (
+            isinstance(keep, bool) or not isinstance(keep, int | float) or keep <= 0
+        ):
+            raise ValueError(f"keep must be a positive number of seconds, got {self.keep!r}")
+        object.__setattr__(self, "keep", keep)
+        if self.name is None and (self.keep is not None or self.replace):
+            raise ValueError("keep= and replace= are for named calls: pass name= too")
+
+    @property
+    def keep_seconds(self) -> float:
+        """How long a named call's results are kept (default 24 h)."""
+        return float(self.keep) if self.keep is not None else 24 * 3600.0  # type: ignore[arg-type]
 
     def level(self) -> int:
         """``log_level`` as a number (ValueError naming the choices if it is none)."""

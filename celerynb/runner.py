@@ -11,16 +11,18 @@ call waits (the supervisor asks again each tick) until one appears or
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
 import redis
 
-from . import dispatch
+from . import dispatch, durable
 from .call import Call, CallState, Reaction
 from .errors import ClusterError
 from .inputs import nbytes
-from .options import CallOptions
+from .options import CallOptions, SlotOptions
 from .output import Relay
 from .plane import check_size, codec, delete, scripts
 from .plane.keys import REDUCED, CallKeys
@@ -60,6 +62,8 @@ class CallRunner:
             o.output, o.output_lines, o.output_bytes, by_worker=cluster.elastic, funcs=call.funcs
         )
         self.submission = Submission(cluster, call, self.keys, self.opts, self.size)
+        self.naming: tuple[str, str] | None = None  # a named call's (name, fingerprint)
+        self._seen: set[int] = set()  # chunks (and the reduction) with a record
         self._job = job
         self._sent_reduce: tuple[list[int], int] | None = None  # the last reduce task sent
         self.stream: StreamFeed | None = None  # reads an iterator input (see streams.py)
@@ -73,6 +77,23 @@ class CallRunner:
     def __repr__(self) -> str:
         return f"<CallRunner {self.call!r} on {self.cluster!r}>"
 
+    @classmethod
+    def attached(
+        cls, cluster: Cluster, call: Call, options: CallOptions, slot: SlotOptions
+    ) -> CallRunner:
+        """The runner of a named call that is in the store already (see durable.py)."""
+        runner = cls(cluster, call, b"", options, ())
+        runner.opts, runner.submission.opts = slot, slot
+        runner.naming = (options.name or call.id, "")
+        runner.submission.stored = True
+        runner.submission.n_workers = sum(cluster.workers().values())
+        runner.submission._slots = 1_000_000  # past the first driver's slot numbers
+        return runner
+
+    @property
+    def named(self) -> bool:
+        return self.naming is not None
+
     # -- submission -------------------------------------------------------------------------------
     def start(self) -> None:
         """Plan and store the call and send its tasks, if there are workers (else it waits)."""
@@ -84,17 +105,33 @@ class CallRunner:
     def _begin(self, n_workers: int) -> None:
         o = self.options
         plan, planner = make_plan(
-            self.inputs, n_workers, self.size, o.chunks, o.chunk_size, fixed=o.reduce is not None
+            self.inputs,
+            n_workers,
+            self.size,
+            o.chunks,
+            o.chunk_size,
+            fixed=o.reduce is not None or self.named,  # a named call is stored whole at once
         )
         self.submission.n_workers = n_workers
         if not self.call.begin(plan, planner):
             return
+        name, fp = self.naming or (None, "")
+        fields = durable.describe(name, self.call.label, o.keep_seconds, self.opts, fp)
+        if name is not None:
+            spans = [plan.info(i) for i in range(len(plan))]
+            fields["bounds"] = json.dumps([[c.start, c.stop] for c in spans])
+            fields["reduce"] = "1" if self.call.keep else "0"
+        register = functools.partial(
+            durable.register, keys=self.keys, queue=self.cluster.settings.queue, fields=fields
+        )
         if isinstance(plan, StreamPlan):
             ahead = self.options.max_ahead or 2 * n_workers
             self.stream = StreamFeed(self, plan, ahead)
-            self.stream.begin(self._job)
+            self.stream.begin(self._job, register)
         else:
-            self.submission.store(range(len(plan)), job=self._job, publish=True)
+            self.submission.store(range(len(plan)), job=self._job, publish=True, before=register)
+            if name is not None:  # every chunk is stored: the call can be attached to
+                self.cluster.redis.hset(self.keys.meta, "n_chunks", len(plan))
 
     # -- what the supervisor drives ---------------------------------------------------------------
     def poll_waiting(self, now: float) -> None:
@@ -127,7 +164,10 @@ class CallRunner:
         pipe.lpop(self.keys.done, 1000)
         pipe.hlen(self.keys.running)
         pipe.lpop(self.keys.output, 1000)
-        return 3
+        if not self.named:
+            return 3
+        pipe.hlen(self.keys.records)  # a named call's records: more than came (attached)?
+        return 4
 
     def receive(self, blobs: list[bytes], before: list[object], after: list[Any]) -> None:
         """Take one poll's replies: relay output, fetch and decode records, feed the call, act.
@@ -135,9 +175,12 @@ class CallRunner:
         ``blobs``: records popped by the wait; ``before`` / ``after``: the replies to
         this call's commands from :meth:`before_poll` / :meth:`after_poll`.
         """
-        more, busy, output = after
+        more, busy, output = after[:3]
         blobs += more or []
-        if (
+        if self.named:  # never reaped; records may be in the store that did not come here
+            if int(after[3] or 0) > len(self._seen) + len(blobs):
+                blobs += self._kept_records()
+        elif (
             before and not before[0] and self.submission.stored and not blobs
         ):  # its workers reaped it
             grace = self.cluster.liveness.driver_grace
@@ -153,13 +196,24 @@ class CallRunner:
             if self.stream is None or not self.stream.takes(record):  # partial reductions
                 records.append(record)
         del blobs
+        records = [r for r in records if r.index not in self._seen]  # twins
+        self._seen.update(r.index for r in records)
         if records:
-            records = self.cluster.plane.fetch(self.keys, records)
+            records = self.cluster.plane.fetch(self.keys, records, keep=self.named)
         self._act(self.call.receive(records, int(busy or 0)))
         if self.stream is not None:
             self.stream.feeder.room.set()
         if not isinstance(self.display, NoDisplay):
             self.display.update(self.call.snapshot())
+
+    def _kept_records(self) -> list[bytes]:
+        """A named call's records that did not come through the done list (they came
+        before this driver attached, or another driver popped them)."""
+        wanted = [i for i in range(self.call.n_chunks) if i not in self._seen]
+        if self.call.keep:
+            wanted.append(REDUCED)
+        found = self.cluster.redis.hmget(self.keys.records, wanted) if wanted else []
+        return [b for b in found if isinstance(b, bytes)]
 
     def _act(self, reaction: Reaction) -> None:
         if reaction.store:
@@ -210,6 +264,12 @@ class CallRunner:
         return self.call.cancel(reason)
 
     # -- the end ----------------------------------------------------------------------------------
+    def detach(self) -> None:
+        """Stop following a named call (this driver goes away); the workers go on with it."""
+        self.cluster.supervisor.remove(self)
+        self.relay.close()
+        self.display.close(self.call.snapshot())
+
     def _ended(self, call: Call) -> None:
         """Once the call ends (any thread): stop its work, delete its data, close the display."""
         if call.state is not CallState.FINISHED:
@@ -218,8 +278,26 @@ class CallRunner:
             self.relay.take(self.cluster.plane.pop_output(self._output_left()))
         self.relay.close()
         self.display.close(call.snapshot())
-        self._cleanup()
+        if self.named:
+            self._settle_named(call)
+        else:
+            self._cleanup()
         self.cluster.supervisor.remove(self)
+
+    def _settle_named(self, call: Call) -> None:
+        """A named call's end: its state kept; its records and results too if it finished."""
+        error = str(call.error).splitlines()[0] if call.error is not None else ""
+        keep = self.options.keep_seconds
+        with contextlib.suppress(redis.RedisError):
+            pipe = self.cluster.redis.pipeline(transaction=False)
+            durable.finish(
+                pipe, self.keys, self.cluster.settings.queue, call.state.value, error, keep,
+                call.n_chunks,
+            )  # fmt: skip
+            kept = {self.keys.meta, self.keys.records}
+            kept |= {self.keys.result(i) for i in [*range(call.n_chunks), REDUCED]}
+            pipe.unlink(*[k for k in self.keys.all(call.n_chunks) if k not in kept])
+            pipe.execute()
 
     def _revoke(self) -> None:
         """Queued chunks become no-ops (their keys go first); running ones are terminated."""

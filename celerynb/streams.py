@@ -12,7 +12,7 @@ import contextlib
 import json
 import operator
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .errors import CelerynbError, ChunkError, ChunkInfo
@@ -24,6 +24,8 @@ from .plane.records import Record, Status
 from .planning import _slice
 
 if TYPE_CHECKING:
+    from redis.client import Pipeline
+
     from .runner import CallRunner
 
 
@@ -199,11 +201,13 @@ class StreamFeed:
     def __repr__(self) -> str:
         return f"<StreamFeed {self.plan!r}>"
 
-    def begin(self, job: bytes) -> None:
-        """Store the job, open the call (more chunks come), start reading."""
+    def begin(self, job: bytes, before: Callable[[Pipeline], None]) -> None:
+        """Store the job (``before``: commands that go first), open the call (more chunks
+        come), start reading."""
         r = self.runner
         r.call.streaming = r.call.release = True
         pipe = r.cluster.redis.pipeline(transaction=False)
+        before(pipe)
         pipe.set(r.keys.func, job, ex=TTL)
         r.submission.flush(pipe, [], last=False)
         self.feeder.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import dispatch
@@ -39,15 +40,24 @@ class Submission:
     def __repr__(self) -> str:
         return f"<Submission of {self.call!r}: {self._slots} draining tasks sent>"
 
-    def store(self, indices: range, job: bytes = b"", publish: bool = False) -> None:
+    def store(
+        self,
+        indices: range,
+        job: bytes = b"",
+        publish: bool = False,
+        before: Callable[[Pipeline], None] | None = None,
+    ) -> None:
         """Store chunks ``indices`` in pipelined batches and queue their numbers.
 
         With ``publish``, the draining tasks go out once the first batch is
         queued: a big call's workers start while the rest is stored (the call
-        stays open till then). Errors clean the call up and are raised.
+        stays open till then). ``before`` queues commands that go first (the
+        call's description). Errors clean the call up and are raised.
         """
         plan, plane, n_items = self.call.plan, self.cluster.plane, self.call.n_items
         pipe = self.cluster.redis.pipeline(transaction=False)
+        if before is not None:
+            before(pipe)
         if job:
             pipe.set(self.keys.func, job, ex=TTL)
         pipe.set(self.keys.count, self.call.n_chunks, ex=TTL)

@@ -155,7 +155,9 @@ def test_adaptive_chunks_follow_the_probes(cluster: celerynb.LocalCluster) -> No
     assert slow._call.plan is not None
     sizes = [slow._call.plan.items(i) for i in range(n, slow.n_chunks)]  # after the probes
     assert len(sizes) > 2 * n, sizes  # 2.4 s of work: many chunks
-    assert sizes == sorted(sizes, reverse=True), sizes
+    # they shrink; the last one may have taken in a crumb (less than half a chunk) left over
+    assert sizes[:-1] == sorted(sizes[:-1], reverse=True), sizes
+    assert sizes[-1] < 1.5 * sizes[-2], sizes
     # none much shorter than TARGET_CHUNK_SECONDS but the last (the rest, merged)
     assert min(sizes[:-1]) >= TARGET_CHUNK_SECONDS / 0.004 * 0.5, sizes
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import psutil
 import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
@@ -67,7 +72,7 @@ def test_loading_starts_nothing(ip: InteractiveShell, capsys: pytest.CaptureFixt
         ("start -n x", "-n wants a positive integer, got 'x'"),
         ("start -n 0", "-n wants a positive integer, got '0'"),
         ("start --workers 2", "unrecognized arguments: --workers 2"),
-        ("connect", "connect takes one broker URL"),
+        ("stop --detach", "--detach goes with start only"),
         ("connect a b", "unrecognized arguments: b"),
         ("status now", "status takes no arguments"),
         ("stop -n 2", "-n goes with start or logs only"),
@@ -190,3 +195,44 @@ def test_connect_failure_is_a_clean_error(ip: InteractiveShell) -> None:
     with pytest.raises(UsageError, match="cannot connect"):
         ip.run_line_magic("celerynb", "connect redis://127.0.0.1:1/0")
     assert celerynb.current() is None
+
+
+def test_start_detach_and_connect_without_url(
+    ip: InteractiveShell,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``start --detach`` starts the detached cluster (a process of its own) and connects;
+    ``connect`` with no URL finds it."""
+    monkeypatch.setenv("CELERYNB_STATE_DIR", str(tmp_path))
+    with pytest.raises(UsageError, match=r"cannot connect.*celerynb cluster start"):
+        ip.run_line_magic("celerynb", "connect")
+    ip.run_line_magic("celerynb", "start --detach -n 1")
+    try:
+        out = capsys.readouterr().out
+        assert "celerynb cluster started" in out and "connected" in out, out
+        cluster = celerynb.current()
+        assert cluster is not None and cluster.kind == "remote"
+        pids = _state_pids(tmp_path)
+        assert all(_alive(p) for p in pids)
+        assert all(psutil.Process(p).ppid() != os.getpid() for p in pids)  # not our children
+        ip.run_line_magic("celerynb", "stop")
+        assert all(_alive(p) for p in pids), "disconnecting leaves the detached cluster running"
+        ip.run_line_magic("celerynb", "connect")
+        assert celerynb.current() is not None
+        assert celerynb.cmap(len, [[1, 2], [3]], progress=False) == [1, 1]
+    finally:
+        current = celerynb.current()
+        if current is not None:
+            current.close()
+        done = subprocess.run(
+            [sys.executable, "-m", "celerynb.cli", "cluster", "stop"], capture_output=True
+        )
+        assert done.returncode == 0
+    _wait_dead(pids)
+
+
+def _state_pids(state: Path) -> list[int]:
+    data = json.loads((state / "cluster.json").read_text())
+    return [data["redis_pid"], data["worker_pid"]]

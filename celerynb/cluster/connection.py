@@ -133,13 +133,16 @@ class Cluster:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def close(self) -> None:
-        """Cancel this process's calls on it and drop the connections (idempotent);
-        the deployment itself keeps running."""
+        """Cancel this process's calls on it (named calls go on) and drop the connections
+        (idempotent); the deployment itself keeps running."""
         registry.forget(self)
         if self.closed:
             return
         for runner in self.supervisor.running():
-            runner.cancel("the cluster was closed")
+            if runner.named:  # it goes on without us: attach() finds it again
+                runner.detach()
+            else:
+                runner.cancel("the cluster was closed")
         self.supervisor.stop()
         self.closed = True
         self.sweep(force=True)

@@ -22,7 +22,9 @@ def connect(
 ) -> Cluster:
     """Use an existing deployment for the following ``cmap`` calls.
 
-    Unset arguments come from ``CELERYNB_BROKER_URL``, ``CELERYNB_RESULT_BACKEND``,
+    With no ``broker_url`` and no ``CELERYNB_BROKER_URL``: the detached cluster
+    (``celerynb cluster start``) of this user. Unset arguments come from
+    ``CELERYNB_BROKER_URL``, ``CELERYNB_RESULT_BACKEND``,
     ``CELERYNB_SECRET``, ``CELERYNB_QUEUE``, ``CELERYNB_WORKER_WAIT`` and
     ``CELERYNB_HEARTBEAT_GRACE``. ``backend_url`` defaults to the broker URL and
     must be Redis. ``worker_wait``: seconds a call waits for a first worker
@@ -30,6 +32,16 @@ def connect(
     before its chunks run elsewhere (default 6). Fails in a few seconds if the
     broker or the store is unreachable (workers may start later).
     """
+    if broker_url is None and not os.environ.get(ENV_BROKER):
+        from ..detached import DetachedCluster, state_file
+
+        found = DetachedCluster.load()
+        if found is None:
+            raise ClusterError(
+                f"connect() needs a broker URL: pass one, set {ENV_BROKER}, or start a "
+                f"detached cluster (`celerynb cluster start`; none found at {state_file()})"
+            )
+        broker_url, secret = found.broker_url, secret or found.secret
     try:
         settings = Settings.from_env(
             broker_url=broker_url, backend_url=backend_url, secret=secret, queue=queue

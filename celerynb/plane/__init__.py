@@ -81,8 +81,9 @@ class DataPlane(Protocol):
     def place(self, keys: CallKeys, record: Record) -> tuple[bytes, bytes]:
         """``(record bytes for the driver, bytes to park in the result key or b"")``."""
 
-    def fetch(self, keys: CallKeys, records: list[Record]) -> list[Record]:
-        """The records with every value kept apart fetched (and its copy removed)."""
+    def fetch(self, keys: CallKeys, records: list[Record], keep: bool = False) -> list[Record]:
+        """The records with every value kept apart fetched (and its copy removed, unless
+        ``keep``: a named call's stay for a later attach)."""
 
     def load_parts(self, keys: CallKeys, indices: list[int]) -> list[object]:
         """A reduce= call's stored parts ``indices`` (chunks, or partial reductions)."""
@@ -151,15 +152,16 @@ class RedisPlane:
         except Exception as exc:
             return codec.dumps(self.secret, _failed(record, exc))
 
-    def fetch(self, keys: CallKeys, records: list[Record]) -> list[Record]:
+    def fetch(self, keys: CallKeys, records: list[Record], keep: bool = False) -> list[Record]:
         wanted = [r.index for r in records if r.location is Location.KEY and r.status is Status.OK]
         blobs: dict[int, bytes | None] = {}
         if wanted:  # one round trip for all
             pipe = self.redis.pipeline(transaction=False)
             for index in wanted:
                 pipe.get(keys.result(index))
-                pipe.unlink(keys.result(index))
-            blobs = dict(zip(wanted, pipe.execute()[::2], strict=True))
+                if not keep:
+                    pipe.unlink(keys.result(index))
+            blobs = dict(zip(wanted, pipe.execute()[:: 1 if keep else 2], strict=True))
         out = []
         for r in records:
             if r.index in blobs:
@@ -244,9 +246,9 @@ class ShmPlane(RedisPlane):
                 return self._dump(_failed(record, exc)), b""
         return super().place(keys, record)
 
-    def fetch(self, keys: CallKeys, records: list[Record]) -> list[Record]:
-        out = []
-        for r in super().fetch(keys, records):
+    def fetch(self, keys: CallKeys, records: list[Record], keep: bool = False) -> list[Record]:
+        out = []  # (named calls are not made on the embedded cluster: keep does not apply)
+        for r in super().fetch(keys, records, keep):
             if r.location is Location.SHM and r.status is Status.OK:
                 name = keys.result_file(r.index)
                 try:

@@ -95,6 +95,17 @@ class CallKeys:
         """Set while the driver may still queue chunks (stored in batches, or planned later)."""
         return self.base + "open"
 
+    @cached_property
+    def meta(self) -> str:
+        """Hash: what the call is (label, start, state; a named call's name, fingerprint,
+        chunk bounds and options): what ``calls()`` lists and ``attach()`` rebuilds."""
+        return self.base + "meta"
+
+    @cached_property
+    def records(self) -> str:
+        """Hash: chunk -> its record, kept for a named call (the done list is popped)."""
+        return self.base + "records"
+
     def chunk(self, index: int) -> str:
         return f"{self.base}chunk:{index}"
 
@@ -107,7 +118,7 @@ class CallKeys:
         per_chunk = [k for i in range(n_chunks) for k in (self.chunk(i), self.result(i))]
         fixed = [self.func, self.done, self.tries, self.running, self.pending, self.slots]
         fixed += [self.owners, self.fenced, self.alive, self.count, self.open]
-        fixed += [self.output, self.output_bytes, self.folds]
+        fixed += [self.output, self.output_bytes, self.folds, self.meta, self.records]
         return [*fixed, self.result(REDUCED), *per_chunk]
 
     def chunk_file(self, index: int) -> str:
@@ -131,6 +142,16 @@ class CallKeys:
     def reduce_task(self) -> str:
         """The Celery task id of the reduce task."""
         return f"celerynb-{self.call}-reduce"
+
+
+def calls_key(queue: str) -> str:
+    """Sorted set: the calls on ``queue`` (by start time), for ``calls()``."""
+    return f"{PREFIX}calls:{queue}"
+
+
+def names_key(queue: str) -> str:
+    """Hash: name -> call id of the named calls on ``queue``."""
+    return f"{PREFIX}names:{queue}"
 
 
 @dataclass(frozen=True)

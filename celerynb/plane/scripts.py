@@ -23,11 +23,13 @@ if TYPE_CHECKING:
 # the call may queue more, ABANDONED if its driver is gone (watch = '1'); job ''
 # if the worker holds it already, false if it is gone; chunk false when over
 # inline_max bytes (GET it). A fenced slot (its worker was given up for dead)
-# takes nothing more.
+# takes nothing more. A named call (its meta has a keep time) also keeps each
+# record in its records hash, and is never abandoned.
 _NEXT = """
 local base, slot, ttl = ARGV[1], ARGV[2], ARGV[3]
 local prev = ARGV[4]
 local accepted = 0
+local keep = redis.call('HGET', base .. 'meta', 'keep')  -- a named call's
 if prev ~= '' then
   redis.call('HDEL', base .. 'running', prev)
   redis.call('HDEL', base .. 'slots', slot)
@@ -35,12 +37,18 @@ if prev ~= '' then
     redis.call('RPUSH', base .. 'done', ARGV[5])
     redis.call('EXPIRE', base .. 'done', ttl)
     redis.call('UNLINK', base .. 'chunk:' .. prev)
+    if keep then
+      local kept = math.max(tonumber(ttl), tonumber(keep))
+      redis.call('HSET', base .. 'records', prev, ARGV[5])
+      redis.call('EXPIRE', base .. 'records', kept)
+      redis.call('EXPIRE', base .. 'result:' .. prev, kept)
+    end
     accepted = 1
   else
     redis.call('UNLINK', base .. 'result:' .. prev)
   end
 end
-if ARGV[10] == '1' and redis.call('EXISTS', base .. 'alive') == 0 then
+if ARGV[10] == '1' and not keep and redis.call('EXISTS', base .. 'alive') == 0 then
   return {accepted, false, 0, false, false, -2}
 end
 local fenced = redis.call('SISMEMBER', base .. 'fenced', slot) == 1
@@ -125,7 +133,8 @@ for i = 0, n - 1 do
   redis.call('UNLINK', base .. 'chunk:' .. i, base .. 'result:' .. i)
 end
 for _, name in ipairs({'func', 'done', 'tries', 'running', 'pending', 'slots', 'owners',
-                       'fenced', 'count', 'open', 'alive', 'result:-1'}) do
+                       'fenced', 'count', 'open', 'alive', 'result:-1', 'meta', 'records',
+                       'output', 'outbytes', 'folds'}) do
   redis.call('UNLINK', base .. name)
 end
 return n
@@ -257,13 +266,21 @@ def next_chunk(
     )
 
 
-# KEYS: guard (the job), done, parked key. ARGV: record, parked value, ttl.
+# KEYS: guard (the job), done, parked key, meta, records. ARGV: record, parked value,
+# ttl, index. A named call also keeps the record (and the value) for its keep time.
 # The reducer's record is pushed only while the call's job still exists.
 _PUSH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if ARGV[2] ~= '' then redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3]) end
+local ttl = ARGV[3]
+local keep = redis.call('HGET', KEYS[4], 'keep')  -- a named call's
+if keep then ttl = math.max(tonumber(ttl), tonumber(keep)) end
+if ARGV[2] ~= '' then redis.call('SET', KEYS[3], ARGV[2], 'EX', ttl) end
 redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ttl)
+if keep then
+  redis.call('HSET', KEYS[5], ARGV[4], ARGV[1])
+  redis.call('EXPIRE', KEYS[5], ttl)
+end
 return 1
 """
 
@@ -273,7 +290,9 @@ def push_record(
 ) -> bool:
     """Push a record for the driver (and park its value) unless the call is gone."""
     pushed = _script(client, _PUSH)(
-        keys=[keys.func, keys.done, keys.result(index)], args=[record, parked, TTL], client=client
+        keys=[keys.func, keys.done, keys.result(index), keys.meta, keys.records],
+        args=[record, parked, TTL, index],
+        client=client,
     )
     return bool(pushed)
 

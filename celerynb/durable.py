@@ -1,0 +1,418 @@
+"""Named calls: kept in the store, listed, found again and reattached when their driver is gone.
+
+A named call (``cmap_async(..., name="scores")``) on a detached or remote
+cluster writes its description (the call's ``meta`` hash: its chunks' bounds,
+its options, a fingerprint of its function and data) and its name in the
+queue's registry before its first chunk is queued. Workers see the name there
+(``plane/scripts.py``): they go on when its driver stops refreshing the call's
+``alive`` key, and keep each chunk's record (and each result kept apart) for
+``keep`` seconds. :func:`attach` builds the call again from its description;
+its runner reads the records already there, and whatever the ``done`` list
+does not bring it (another driver may pop it).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import html
+import inspect
+import json
+import textwrap
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from types import CodeType
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+import redis
+
+from .errors import ChunkInfo, ClusterError
+from .join import join
+from .options import CallOptions, SlotOptions
+from .plane import delete
+from .plane.keys import REDUCED, TTL, CallKeys, calls_key, names_key
+
+if TYPE_CHECKING:
+    from .cluster.connection import Cluster
+    from .future import MapFuture
+
+
+# -- what identifies a call -----------------------------------------------------------------------
+def _code_digest(code: CodeType, h: Any) -> None:
+    h.update(code.co_code)
+    h.update(repr((code.co_names, code.co_varnames, code.co_freevars)).encode())
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            _code_digest(const, h)
+        else:
+            h.update(repr(const).encode())
+
+
+def _source(func: object) -> bytes | None:
+    """The function's source as a syntax tree (comments and layout aside); None if its
+    source is not to be had (``python -c``, a C function)."""
+    try:
+        text = textwrap.dedent(inspect.getsource(func))  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return None
+    try:
+        return ast.dump(ast.parse(text), annotate_fields=False).encode()
+    except SyntaxError:  # a lambda in the middle of an expression
+        return text.encode()
+
+
+def _func_digest(func: object, h: Any) -> None:
+    """The function's source (else its bytecode), not its pickle: that names the kernel's
+    cell files, and bytecode differs with where the imports were compiled."""
+    target = getattr(func, "func", func)  # functools.partial
+    code = getattr(target, "__code__", None)
+    h.update(f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', '')}".encode())
+    if code is not None:
+        source = _source(target)
+        if source is not None:
+            h.update(source)
+        else:
+            _code_digest(code, h)
+        for cell in getattr(target, "__closure__", None) or ():
+            try:
+                h.update(cloudpickle.dumps(cell.cell_contents))
+            except Exception:
+                h.update(repr(type(cell.cell_contents)).encode())
+        h.update(cloudpickle.dumps(getattr(target, "__defaults__", None)))
+    else:
+        h.update(cloudpickle.dumps(target))
+    if target is not func:
+        h.update(cloudpickle.dumps((func.args, func.keywords)))  # type: ignore[attr-defined]
+
+
+def _data_digest(data: object, h: Any) -> None:
+    from .inputs import _numpy, _pandas
+
+    pd, np = _pandas(), _numpy()
+    if pd is not None and isinstance(data, pd.DataFrame | pd.Series | pd.Index):
+        h.update(repr((type(data).__name__, data.shape, getattr(data, "dtypes", None))).encode())
+        if isinstance(data, pd.DataFrame):
+            h.update(repr(list(data.columns)).encode())
+        h.update(pd.util.hash_pandas_object(data, index=True).to_numpy().tobytes())
+    elif np is not None and isinstance(data, np.ndarray):
+        h.update(repr((data.dtype.str, data.shape)).encode())
+        h.update(memoryview(np.ascontiguousarray(data)).cast("B"))
+    else:
+        h.update(cloudpickle.dumps(data))
+
+
+def fingerprint(func: object, inputs: tuple[object, ...], opts: CallOptions) -> str:
+    """A digest of the function (its source), the reducer, the extra arguments and the data:
+    equal when the same cell runs again in a fresh kernel."""
+    h = hashlib.blake2b(digest_size=16)
+    for f in (func, opts.reduce):
+        if f is not None:
+            _func_digest(f, h)
+    h.update(cloudpickle.dumps((opts.args, opts.kwargs)))
+    for data in inputs:
+        _data_digest(data, h)
+    return h.hexdigest()
+
+
+# -- a call as the store describes it -------------------------------------------------------------
+class StoredPlan:
+    """The plan of a call described in the store: its chunks' bounds, nothing of its data."""
+
+    def __init__(self, bounds: list[tuple[int, int]]) -> None:
+        self.bounds = bounds
+
+    def __repr__(self) -> str:
+        return f"<StoredPlan {len(self)} chunks, {self.n_items} items>"
+
+    @property
+    def n_items(self) -> int:
+        return self.bounds[-1][1] if self.bounds else 0
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def take(self, index: int) -> object:
+        raise RuntimeError("an attached call's chunks are in the store already")
+
+    def items(self, index: int) -> int:
+        start, stop = self.bounds[index]
+        return stop - start
+
+    def info(self, index: int) -> ChunkInfo:
+        start, stop = self.bounds[index]
+        return ChunkInfo(index, len(self), start, stop)
+
+    def join(self, parts: list[Any]) -> Any:
+        return join(parts)
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """One call on a cluster, as :func:`calls` lists it."""
+
+    id: str
+    name: str | None
+    state: str
+    chunks_done: int
+    n_chunks: int
+    started: datetime
+    function: str
+    message: str = ""  # how a failed call failed
+
+    def __repr__(self) -> str:
+        who = repr(self.name) if self.name else self.id[:8]
+        return f"<CallInfo {who} {self.state}: {self.chunks_done}/{self.n_chunks} chunks>"
+
+
+class CallList(list[CallInfo]):
+    """The calls on a cluster, newest first (an HTML table in notebooks)."""
+
+    def _repr_html_(self) -> str:
+        head = "".join(
+            f"<th>{h}</th>" for h in ("name", "state", "chunks", "started", "function", "id")
+        )
+        rows = "".join(
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(v))}</td>"
+                for v in (
+                    c.name or "",
+                    c.state + (f": {c.message}" if c.message else ""),
+                    f"{c.chunks_done}/{c.n_chunks}",
+                    c.started.strftime("%Y-%m-%d %H:%M:%S"),
+                    c.function,
+                    c.id[:8],
+                )
+            )
+            + "</tr>"
+            for c in self
+        )
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _meta(client: redis.Redis, call: str) -> dict[str, str]:
+    raw = client.hgetall(CallKeys(call).meta)
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def describe(
+    name: str | None, label: str, keep: float, opts: SlotOptions, fp: str
+) -> dict[str, str]:
+    """The fields of a call's ``meta`` hash when it starts (``name`` None: an unnamed call,
+    listed while it runs)."""
+    fields = {"label": label, "started": repr(time.time()), "state": "running"}
+    if name is not None:
+        fields |= {
+            "name": name,
+            "fingerprint": fp,
+            "keep": str(int(keep)),
+            "slot": json.dumps(dataclasses.asdict(opts)),
+        }
+    return fields
+
+
+def register(pipe: Any, keys: CallKeys, queue: str, fields: dict[str, str]) -> None:
+    """Queue the commands that describe a starting call, list it (and name it). The list
+    is scored by when a call's description expires at the latest; those past go."""
+    ttl = max(TTL, int(fields.get("keep", 0)))
+    now = time.time()
+    pipe.hset(keys.meta, mapping=fields)
+    pipe.expire(keys.meta, ttl)
+    pipe.zremrangebyscore(calls_key(queue), "-inf", now)
+    pipe.zadd(calls_key(queue), {keys.call: now + ttl})
+    if "name" in fields:
+        pipe.hset(names_key(queue), fields["name"], keys.call)
+
+
+def lookup(cluster: Cluster, name: str) -> tuple[str, dict[str, str]] | None:
+    """The id and description of the call named ``name`` on ``cluster`` (None: none, or gone)."""
+    queue, client = cluster.settings.queue, cluster.redis
+    call = _text(client.hget(names_key(queue), name))
+    if not call:
+        return None
+    meta = _meta(client, call)
+    if meta.get("name") != name:  # expired, or forgotten
+        client.hdel(names_key(queue), name)
+        return None
+    return call, meta
+
+
+def calls(cluster: Cluster | None = None) -> CallList:
+    """The calls on ``cluster`` (default: the current one, else the detached cluster or the
+    deployment of ``CELERYNB_BROKER_URL``): running ones and named ones still kept,
+    newest first."""
+    found = target(cluster)
+    client, queue = found.redis, found.settings.queue
+    ids = [_text(i) for i in client.zrange(calls_key(queue), 0, -1)]  # type: ignore[arg-type]
+    out = CallList()
+    gone = []
+    for call in ids:
+        meta = _meta(client, call)
+        if not meta:
+            gone.append(call)
+            continue
+        out.append(_info(client, call, meta))
+    if gone:
+        client.zrem(calls_key(queue), *gone)
+    out.sort(key=lambda c: c.started, reverse=True)
+    return out
+
+
+def _info(client: redis.Redis, call: str, meta: dict[str, str]) -> CallInfo:
+    keys = CallKeys(call)
+    n_chunks = int(meta.get("n_chunks") or client.get(keys.count) or 0)
+    if meta.get("name"):
+        done = int(client.hlen(keys.records))
+        done -= int(bool(client.hexists(keys.records, -1)))
+    else:
+        pipe = client.pipeline(transaction=False)
+        pipe.llen(keys.pending)
+        pipe.hlen(keys.running)
+        pending, running = pipe.execute()
+        done = max(0, n_chunks - int(pending) - int(running))
+    state = meta.get("state", "running")
+    if state == "running" and n_chunks and done >= n_chunks and meta.get("name"):
+        state = "finished" if meta.get("reduce") != "1" else "running"
+    return CallInfo(
+        call,
+        meta.get("name") or None,
+        state,
+        min(done, n_chunks) if n_chunks else done,
+        n_chunks,
+        datetime.fromtimestamp(float(meta.get("started") or 0)),
+        meta.get("label", ""),
+        meta.get("error", ""),
+    )
+
+
+def target(cluster: Cluster | None) -> Cluster:
+    """``cluster``, else the current one, else a connection (detached cluster, environment)."""
+    from .cluster import connect, registry
+
+    found = cluster or registry.current() or connect()
+    if not found.elastic:
+        raise ClusterError(
+            f"{found!r} is an embedded cluster: it dies with this kernel and keeps no named "
+            "calls. Start a detached one (`celerynb cluster start` in a terminal, or "
+            "%celerynb start --detach) and celerynb.connect() to it, or connect to a deployment"
+        )
+    return found
+
+
+def attach(
+    name: str,
+    *,
+    cluster: Cluster | None = None,
+    progress: bool | str | None = True,
+    timeout: float | None = None,
+) -> MapFuture:
+    """The :class:`MapFuture` of the call named ``name`` (running or finished) on ``cluster``
+    (default as for :func:`calls`): its progress resumes, ``result()`` joins its parts as
+    the original call would have. ``timeout``: seconds from now, as ``cmap``'s."""
+    where = target(cluster)
+    found = lookup(where, name)
+    if found is None:
+        known = sorted(c.name for c in calls(where) if c.name)
+        raise KeyError(
+            f"no call named {name!r} on {where!r} (it expired, was forgotten, or never ran "
+            f"there); named calls there: {known or 'none'}"
+        )
+    return resume(where, *found, progress=progress, timeout=timeout)
+
+
+def resume(
+    cluster: Cluster,
+    call_id: str,
+    meta: dict[str, str],
+    *,
+    progress: bool | str | None = True,
+    timeout: float | None = None,
+) -> MapFuture:
+    """The future of the stored call ``call_id`` (described by ``meta``), fed from the store."""
+    from .call import Call
+    from .future import MapFuture
+    from .progress import make_display
+    from .runner import CallRunner
+
+    name = meta.get("name", call_id)
+    state = meta.get("state", "running")
+    if state not in ("running", "finished"):
+        why = f": {meta['error']}" if meta.get("error") else ""
+        raise ClusterError(f"the call {name!r} {state}{why}; run it again (replace=True)")
+    if not meta.get("n_chunks"):
+        raise ClusterError(
+            f"the call {name!r} is incomplete: its driver died before it stored every chunk; "
+            "run it again (replace=True)"
+        )
+    bounds = [tuple(b) for b in json.loads(meta["bounds"])]
+    slot = SlotOptions(**json.loads(meta["slot"]))
+    options = CallOptions.make(
+        progress=progress,
+        timeout=timeout,
+        output="stream" if slot.output else False,
+        output_bytes=slot.output_bytes,
+        name=name,
+        keep=float(meta["keep"]),
+    )
+    age = max(0.0, time.time() - float(meta["started"]))
+    call = Call(
+        StoredPlan(bounds),  # type: ignore[arg-type]
+        label=meta.get("label", "cmap"),
+        keep=meta.get("reduce") == "1",
+        timeout=None if timeout is None else timeout + age,  # from now
+    )
+    call.id = call_id
+    call.started -= age  # the display shows the time since the call started
+    runner = CallRunner.attached(cluster, call, options, slot)
+    workers = runner.submission.n_workers
+    display = make_display(options.progress, call.snapshot(), call.cancel, workers)
+    runner.display = display
+    cluster.supervisor.add(runner)
+    return MapFuture(call, runner.cancel, display, runner)
+
+
+def forget(name: str, *, cluster: Cluster | None = None) -> None:
+    """Delete everything of the call named ``name`` (running calls are stopped: their
+    chunks go); KeyError if there is none."""
+    found = target(cluster)
+    call = lookup(found, name)
+    if call is None:
+        raise KeyError(f"no call named {name!r} on {found!r}")
+    drop(found, call[0], name)
+
+
+def drop(cluster: Cluster, call: str, name: str | None = None) -> None:
+    """Delete everything of ``call`` (its name too), running or not."""
+    keys = CallKeys(call)
+    client, queue = cluster.redis, cluster.settings.queue
+    n_chunks = int(_meta(client, call).get("n_chunks") or client.get(keys.count) or 0)
+    delete(client, [*keys.all(n_chunks), keys.meta, keys.records])
+    client.zrem(calls_key(queue), call)
+    if name is not None and _text(client.hget(names_key(queue), name)) == call:
+        client.hdel(names_key(queue), name)
+
+
+def finish(
+    pipe: Any, keys: CallKeys, queue: str, state: str, error: str, keep: float, n_chunks: int
+) -> None:
+    """Queue what a named call's end writes: its state, kept ``keep`` s; its records and
+    results too if it finished (else they go)."""
+    ttl = max(1, int(keep))
+    pipe.hset(keys.meta, mapping={"state": state, "error": error, "ended": repr(time.time())})
+    pipe.expire(keys.meta, ttl)
+    pipe.zadd(calls_key(queue), {keys.call: time.time() + ttl})
+    results = [keys.result(i) for i in [*range(n_chunks), REDUCED]]
+    if state == "finished":
+        for key in [keys.records, *results]:
+            pipe.expire(key, ttl)
+    else:
+        pipe.unlink(keys.records, *results)
