@@ -24,6 +24,7 @@ _PUBLIC = {
     "connect": "cluster",
     "current": "cluster",
     "default_cluster": "cluster",
+    "AlignmentWarning": "errors",
     "CancelledError": "errors",
     "CelerynbError": "errors",
     "ChunkError": "errors",
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from .cluster import Cluster, LocalCluster, as_current, connect, current, default_cluster
     from .durable import CallInfo, attach, calls, forget
     from .errors import (
+        AlignmentWarning,
         CancelledError,
         CelerynbError,
         ChunkError,
@@ -86,6 +88,7 @@ def unload_ipython_extension(ipython: object) -> None:
 
 
 __all__ = [
+    "AlignmentWarning",
     "CallInfo",
     "CallOptions",
     "CancelledError",

@@ -13,7 +13,7 @@ from .cluster import Cluster, default_cluster
 from .errors import ClusterError
 from .future import MapFuture
 from .groupby import GroupApply
-from .inputs import check_inputs, is_groupby, kind_of
+from .inputs import check_inputs, is_groupby, kind_of, warn_if_misaligned
 from .join import join
 from .options import CallKwargs, CallOptions, signature
 from .plane import codec
@@ -150,6 +150,7 @@ def cmap_async(
     if n_items < 0:  # iterators of chunks: their first items are read (and checked) now
         peeked = tuple(Peeked(x) for x in inputs)
         n_items, inputs = (0 if any(p.empty for p in peeked) else -1), peeked
+    warn_if_misaligned(inputs)
     # a groupby's workers run func per group: ship that wrapper, pickled once
     shipped = GroupApply.of(data, func) if is_groupby(data) else func
     job = codec.Job(shipped, opts.reduce, opts.args, opts.kwargs)

@@ -41,6 +41,10 @@ class VersionMismatch(CelerynbError, ValueError):
     """The client that pickled a job runs versions a worker cannot load it with."""
 
 
+class AlignmentWarning(UserWarning):
+    """Several pandas inputs with different indexes: cmap pairs their rows by position."""
+
+
 @dataclass(frozen=True)
 class ChunkInfo:
     """Where a chunk sits in the input: positions ``start:stop`` and index labels."""

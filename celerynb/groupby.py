@@ -1,50 +1,127 @@
 """groupby inputs: whole groups batched into chunks, ``func`` applied per group, and the
-join that lays the parts out as ``df.groupby(...).apply(func)`` would."""
+join that lays the results out as ``df.groupby(...).apply(func)`` would.
+
+The driver splits with the groupby's own grouper (any key form pandas accepts:
+column names, index levels, arrays, lists, Index, Categorical, Series, dicts,
+functions, ``pd.Grouper``), so a chunk is a run of pandas' own group order:
+the rows of its groups, sorted as ``apply`` sorts them, with each group's
+start and key. Workers call ``func`` on every group and send back the
+per-group results; the driver hands all of them, in group order, to pandas'
+own assembly, which decides the result's shape from every group's result,
+as the serial ``apply`` does.
+
+pandas internals used (as pandas 3 has them): ``_grouper`` (``ids``,
+``ngroups``, ``result_index``, ``result_ilocs``), ``_obj_with_exclusions`` (what
+``apply`` splits) and ``_wrap_applied_output`` (its assembly).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import pairwise
 from typing import Any
 
 from .errors import ChunkInfo
-from .inputs import numpy, pandas
-from .join import join
+from .inputs import nbytes, numpy, pandas
+from .plane import INLINE
+
+
+@dataclass(frozen=True)
+class GroupChunk:
+    """Whole groups for one chunk: their rows in group order, where each group starts
+    (``starts[j]:starts[j + 1]``), and their keys (a slice of the groupby's result index)."""
+
+    data: Any
+    starts: Any
+    keys: Any
+
+
+@dataclass(frozen=True)
+class GroupResults:
+    """One chunk's result for a groupby (what ``as_completed`` yields and ``reduce=``
+    gets): the chunk's group ``keys``, ``func``'s result for each (``values``, in the
+    same order), and whether any result was not indexed like its group (``mutated``:
+    then ``apply`` does not put the rows back in their original order)."""
+
+    keys: Any
+    values: list[Any]
+    mutated: bool
+
+    def items(self) -> Iterator[tuple[Any, Any]]:
+        """``(key, result)`` for each group of the chunk."""
+        return zip(self.keys, self.values, strict=True)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the array and frame results, counted until they pass ``INLINE`` (what
+        decides whether they go through shared memory)."""
+        total = 0
+        for value in self.values:
+            total += nbytes(value)
+            if total >= INLINE:
+                break
+        return total
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_unpack, (self.keys, _pack(self.values), self.mutated))
+
+
+def _pack(values: list[Any]) -> Any:
+    """NumPy scalars of one dtype (a scalar per group) as one array: pickling 100,000
+    scalars one by one takes a quarter of a second."""
+    np = numpy()
+    first = values[0] if values else None
+    if (
+        isinstance(first, np.generic)
+        and first.dtype.kind in "biufcmM"
+        and all(type(v) is type(first) and v.dtype == first.dtype for v in values)
+    ):
+        return np.array(values, dtype=first.dtype)
+    return values
+
+
+def _unpack(keys: Any, values: Any, mutated: bool) -> GroupResults:
+    return GroupResults(keys, list(values), mutated)
+
+
+def _indexed_like(result: Any, axes: list[Any]) -> bool:
+    """Whether ``result`` keeps its group's row index (pandas then restores the row order)."""
+    pd = pandas()
+    if isinstance(result, pd.DataFrame):
+        return bool(result.index.equals(axes[0]))
+    if isinstance(result, pd.Series):
+        return len(axes) == 1 and bool(result.index.equals(axes[0]))
+    return False
 
 
 @dataclass(frozen=True)
 class GroupApply:
-    """Run ``func`` on every group of a chunk, as ``groupby(...).apply(func)`` would."""
+    """What the workers call on a :class:`GroupChunk`: ``func`` on each group, named by its key."""
 
     func: Callable[..., Any]
-    by: Any
-    level: Any
-    options: dict[str, object]
 
     @classmethod
     def of(cls, grouped: Any, func: Callable[..., Any]) -> GroupApply:
-        """What the workers call on a chunk of ``grouped``: ``func`` per group, same options."""
-        by = None if grouped.level is not None else grouped.keys
-        options = {
-            "sort": grouped.sort,
-            "group_keys": grouped.group_keys,
-            "dropna": grouped.dropna,
-            "observed": grouped.observed,
-            "as_index": grouped.as_index,
-        }
-        if grouped.obj.ndim == 1:
-            options.pop("as_index")
-        return cls(func, by, grouped.level, options)
+        """The per-group wrapper of ``func`` for ``grouped`` (the groups travel in chunks)."""
+        return cls(func)
 
-    def __call__(self, chunk: Any, *args: object, **kwargs: object) -> Any:
-        if isinstance(chunk, tuple):  # a Series with its key values alongside
-            chunk, by = chunk
-            grouped = chunk.groupby(by, **self.options)
-        else:
-            grouped = chunk.groupby(by=self.by, level=self.level, **self.options)
-        return grouped.apply(self.func, *args, **kwargs)
+    def __call__(self, chunk: GroupChunk, *args: object, **kwargs: object) -> GroupResults:
+        values, mutated = [], False
+        data = chunk.data
+        for key, start, stop in zip(chunk.keys, chunk.starts[:-1], chunk.starts[1:], strict=True):
+            group = data.iloc[start:stop]
+            object.__setattr__(group, "name", key)  # as pandas names a group (a Series' name)
+            axes = group.axes  # before func, which may change the group
+            try:
+                result = self.func(group, *args, **kwargs)
+            except Exception as exc:
+                exc.add_note(f"(in the group with key {key!r})")
+                raise
+            mutated = mutated or not _indexed_like(result, axes)
+            values.append(result)
+        return GroupResults(chunk.keys, values, mutated)
 
 
 @dataclass(frozen=True)
@@ -56,21 +133,17 @@ class GroupPlan:
     """
 
     grouped: Any
-    rows: tuple[Any, ...]  # row positions of each chunk, ascending
     groups: tuple[tuple[int, int], ...]  # group numbers start:stop of each chunk
-    labels: tuple[tuple[Any, Any], ...]  # first and last group key of each chunk
+    order: Any  # the positions of the grouped rows in group order (pandas' own)
+    ends: Any  # group g is order[ends[g]:ends[g + 1]]
 
     @classmethod
     def make(cls, grouped: Any, n_chunks: int) -> GroupPlan:
-        np, pd = numpy(), pandas()
-        groupings = grouped._grouper.groupings
-        if not grouped.observed and any(
-            isinstance(g.grouping_vector, pd.Categorical) for g in groupings
-        ):
-            n_chunks = 1  # every chunk would repeat the unobserved categories
-        numbers = grouped.ngroup().fillna(-1).to_numpy(dtype=np.int64)
-        sizes = np.bincount(numbers[numbers >= 0], minlength=grouped.ngroups)
-        order = np.argsort(numbers, kind="stable")[(numbers < 0).sum() :]
+        np = numpy()
+        grouper = grouped._grouper
+        ids = grouper.ids
+        sizes = np.bincount(ids[ids >= 0], minlength=grouper.ngroups)
+        order = grouper.result_ilocs  # pandas' own group order of the rows it keeps
         total = int(sizes.sum())
         ends = np.concatenate([[0], np.cumsum(sizes)])
         # Cut before group g when the current chunk is full (to the nearest group) for
@@ -90,13 +163,7 @@ class GroupPlan:
             if must or big or full:
                 cuts.append(g)
         cuts.append(len(sizes))
-        keys = list(grouped._grouper.result_index) if grouped.ngroups else []
-        rows, groups, labels = [], [], []
-        for a, b in pairwise(cuts):
-            rows.append(np.sort(order[ends[a] : ends[b]]))
-            groups.append((a, b))
-            labels.append((keys[a], keys[b - 1]))
-        return cls(grouped, tuple(rows), tuple(groups), tuple(labels))
+        return cls(grouped, tuple(pairwise(cuts)), order, ends)
 
     @property
     def data(self) -> Any:
@@ -108,63 +175,53 @@ class GroupPlan:
         return len(self.grouped.obj)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.groups)
 
-    def take(self, index: int) -> Any:
-        rows = self.rows[index]
-        chunk = self.grouped.obj.iloc[rows]
-        if chunk.ndim == 1 and self.grouped.level is None:  # keys may live outside the Series
-            return chunk, [key.iloc[rows] for key in self._keys]
-        return chunk
+    @property
+    def rows(self) -> tuple[Any, ...]:
+        """The row positions of each chunk, in group order."""
+        return tuple(self.order[self.ends[a] : self.ends[b]] for a, b in self.groups)
 
     @cached_property
-    def _keys(self) -> list[Any]:
-        """The grouping keys of a SeriesGroupBy as named Series aligned with its rows."""
-        pd = pandas()
-        obj = self.grouped.obj
-        return [
-            pd.Series(g.grouping_vector, index=obj.index, name=g.name)
-            for g in self.grouped._grouper.groupings
-        ]
+    def _applied_to(self) -> Any:
+        """What ``apply`` splits: the grouped object without its grouping columns."""
+        return self.grouped._obj_with_exclusions
+
+    @cached_property
+    def _sorted_index(self) -> Any:
+        """The index of the rows in group order, as ``apply`` takes them."""
+        return self._applied_to.index.take(self.grouped._grouper.result_ilocs)
+
+    def take(self, index: int) -> GroupChunk:
+        """The chunk's groups, exactly as they are cut from ``apply``'s rows in group order
+        (a positional take of fewer rows could make another kind of index, e.g. a range)."""
+        a, b = self.groups[index]
+        first, last = self.ends[a], self.ends[b]
+        data = self._applied_to.take(self.order[first:last])
+        data.index = self._sorted_index[first:last]
+        keys = self.grouped._grouper.result_index[a:b]
+        return GroupChunk(data, self.ends[a : b + 1] - first, keys)
 
     def items(self, index: int) -> int:
-        return len(self.rows[index])
+        a, b = self.groups[index]
+        return int(self.ends[b] - self.ends[a])
+
+    @property
+    def labels(self) -> list[tuple[Any, Any]]:
+        """The first and last group key of each chunk (None for a chunk of no groups)."""
+        return [self._ends(i) for i in range(len(self))]
+
+    def _ends(self, index: int) -> tuple[Any, Any]:
+        start, stop = self.groups[index]
+        keys = self.grouped._grouper.result_index
+        return (keys[start], keys[stop - 1]) if stop > start else (None, None)
 
     def info(self, index: int) -> ChunkInfo:
-        (start, stop), (first, last) = self.groups[index], self.labels[index]
+        (start, stop), (first, last) = self.groups[index], self._ends(index)
         return ChunkInfo(index, len(self), start, stop, first, last, True, "groups")
 
-    def join(self, parts: list[Any]) -> Any:
-        """Concatenate in group order, as the full ``apply`` would have laid it out."""
-        pd, np = pandas(), numpy()
-        parts = [p for p in parts if p is not None]
-        frames = all(isinstance(p, pd.DataFrame | pd.Series) for p in parts)
-        if not frames:
-            return join(parts)
-        obj = self.grouped.obj
-        like_indexed = all(
-            p.index.equals(obj.index[r]) for p, r in zip(parts, self.rows, strict=True)
-        )
-        if like_indexed and not self.grouped.group_keys:  # pandas restores the row order
-            positions = np.concatenate(self.rows)
-            out = pd.concat(parts).iloc[np.argsort(positions, kind="stable")]
-            ax = obj.index
-            if self.grouped.dropna:  # as pandas: the index of the rows in some group
-                mask = np.zeros(len(obj), dtype=bool)
-                mask[positions] = True
-                ax = ax[mask]
-            out.index = ax
-            return out
-        if all(isinstance(p.index, pd.RangeIndex) and p.index.start == 0 for p in parts):
-            return pd.concat(parts, ignore_index=True)
-        if not self.grouped.group_keys:
-            # A chunk whose every group came back unchanged was put back in row order
-            # by pandas; the whole apply was not, so it lays groups out in group order.
-            numbers = self.grouped.ngroup().to_numpy()
-            parts = [
-                p.iloc[np.argsort(numbers[r], kind="stable")]
-                if len(p) == len(r) and p.index.equals(obj.index[r])
-                else p
-                for p, r in zip(parts, self.rows, strict=True)
-            ]
-        return join(parts)
+    def join(self, parts: list[GroupResults]) -> Any:
+        """pandas' own assembly of every group's result, as the whole ``apply`` makes it."""
+        values = [v for part in parts for v in part.values]
+        mutated = any(part.mutated for part in parts)
+        return self.grouped._wrap_applied_output(self._applied_to, values, mutated, False)

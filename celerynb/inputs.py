@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Sequence, Sized
 from types import ModuleType
 from typing import Literal, cast
+
+from .errors import AlignmentWarning
 
 Kind = Literal["pandas", "numpy", "sequence", "groupby", "stream"]
 
@@ -66,9 +69,16 @@ def kind_of(data: object) -> Kind:
             f"cmap got {type(data).__name__}: strings are not split into characters; "
             f"pass a list (e.g. text.splitlines()) instead. Supported data: {SUPPORTED}"
         )
-    if isinstance(data, Sequence):
-        return "sequence"
     name = type(data).__name__
+    if isinstance(data, Sequence):
+        try:
+            data[0:0]
+        except Exception:
+            raise TypeError(
+                f"cmap got a {name}, which cannot be sliced into chunks; pass list(...) of it. "
+                f"Supported data: {SUPPORTED}"
+            ) from None
+        return "sequence"
     if isinstance(data, dict):
         hint = "cmap got a dict; pass list(d.items()) or list(d.values())"
     elif isinstance(data, set | frozenset):
@@ -91,6 +101,14 @@ def nbytes(data: object) -> int:
     return int(size) if isinstance(size, int) else 0
 
 
+def blocks_of(data: object) -> int:
+    """How many blocks pandas keeps ``data`` in (1 for anything but a DataFrame)."""
+    pd = _pandas()
+    if pd is not None and isinstance(data, pd.DataFrame):
+        return max(1, int(getattr(getattr(data, "_mgr", None), "nblocks", data.shape[1])))
+    return 1
+
+
 def check_inputs(inputs: tuple[object, ...]) -> int:
     """Validate the inputs of a call; return their common length (groups for a groupby;
     -1 for iterators of chunks, whose length is not known)."""
@@ -111,3 +129,47 @@ def check_inputs(inputs: tuple[object, ...]) -> int:
             "together chunk by chunk, like zip(); pass inputs of equal length"
         )
     return lengths[0]
+
+
+def misaligned(inputs: tuple[object, ...]) -> str | None:
+    """Why pairing ``inputs`` by position can differ from ``func`` on the whole inputs:
+    two of them are DataFrames / Series with different indexes (None if not)."""
+    pd = _pandas()
+    if pd is None or len(inputs) < 2:
+        return None
+    framed = [(i, x) for i, x in enumerate(inputs) if isinstance(x, pd.DataFrame | pd.Series)]
+    if len(framed) < 2:
+        return None
+    i, first = framed[0]
+    for j, other in framed[1:]:
+        a, b = first.index, other.index
+        if a.equals(b):
+            continue
+        where = ""
+        try:
+            position = next(p for p, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+            where = f" (position {position}: {a[position]!r} vs {b[position]!r})"
+        except Exception:
+            pass
+        return (
+            f"inputs {i} and {j} have different indexes{where}: cmap pairs their rows by "
+            "position, chunk by chunk, while pandas aligns them by label inside func, so "
+            "the result can differ from func on the whole inputs. Align them first "
+            f"(input_{j} = input_{j}.reindex(input_{i}.index)), or to pair rows by position "
+            f"on purpose, give them one index (input_{j}.set_axis(input_{i}.index)) "
+            "or pass .to_numpy()"
+        )
+    return None
+
+
+def warn_if_misaligned(inputs: tuple[object, ...]) -> None:
+    """Warn (``AlignmentWarning``, at the caller's line) when :func:`misaligned` says so."""
+    message = misaligned(inputs)
+    if message is None:
+        return
+    frame, level = sys._getframe(), 1
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").partition(".")[0] == (
+        "celerynb"
+    ):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, AlignmentWarning, stacklevel=level)

@@ -1,34 +1,56 @@
 """The join rule: how the chunks' results become one result, in chunk order.
 
-If every chunk returned a DataFrame, every one a Series, every one an Index,
-or every one an ndarray, they are concatenated in chunk order (pandas keeps
-index, column order and dtypes; NumPy keeps dtype and trailing shape). If
-every chunk returned a list, the lists are concatenated. Anything else comes
-back as a list with one entry per chunk.
+Every chunk's result must be of one of these kinds (else ``TypeError``):
+
+- DataFrames, or Series: concatenated (``pd.concat``). The index keeps its
+  dtype, and ``attrs`` that every part shares are kept. If every part is
+  numbered afresh (a ``RangeIndex`` from 0, as after ``reset_index``), the
+  result is numbered 0..n-1, as ``func(data)`` would number it.
+- Index: appended, keeping the dtype (and the fresh numbering above).
+- pandas extension arrays (``.array``, ``Categorical``, ...): one array of
+  the same type (``_concat_same_type``; a common dtype if theirs differ).
+- ndarrays (at least 1-D): concatenated on axis 0, keeping the dtype (byte
+  order too) and the subclass (``recarray``, ``matrix``, ...) when every part
+  has them; masked arrays keep their mask and fill value.
+- lists, tuples: concatenated into one list, one tuple.
+- ranges: one range if each continues the previous one, else a list of
+  their items.
+
+Anything else (scalars, dicts, 0-d arrays, mixed kinds of "anything else")
+comes back as a list with one entry per chunk.
 """
 
 from __future__ import annotations
 
-from itertools import chain
+from itertools import chain, pairwise
 from typing import Any, Literal
 
 from .inputs import _numpy, _pandas, numpy, pandas
 
-Category = Literal["DataFrame", "Series", "Index", "ndarray", "list", "other"]
+Category = Literal[
+    "DataFrame", "Series", "Index", "extension", "ndarray", "list", "tuple", "range", "other"
+]
 
 
 def _category(value: object) -> Category:
     pd, np = _pandas(), _numpy()
-    if pd is not None and isinstance(value, pd.DataFrame):
-        return "DataFrame"
-    if pd is not None and isinstance(value, pd.Series):
-        return "Series"
-    if pd is not None and isinstance(value, pd.Index):
-        return "Index"
+    if pd is not None:
+        if isinstance(value, pd.DataFrame):
+            return "DataFrame"
+        if isinstance(value, pd.Series):
+            return "Series"
+        if isinstance(value, pd.Index):
+            return "Index"
+        if isinstance(value, pd.api.extensions.ExtensionArray):
+            return "extension"
     if np is not None and isinstance(value, np.ndarray) and value.ndim > 0:
         return "ndarray"
     if isinstance(value, list):
         return "list"
+    if isinstance(value, tuple):
+        return "tuple"
+    if isinstance(value, range):
+        return "range"
     return "other"
 
 
@@ -47,25 +69,146 @@ def join(parts: list[Any]) -> Any:
         )
     kind = categories[0] if categories else "other"
     if kind in ("DataFrame", "Series"):
-        out = pandas().concat(parts)
-        # pandas re-infers object indexes on concat (pandas-dev/pandas#60159): undo that
-        first = parts[0].index
-        if out.index.dtype != first.dtype and all(p.index.dtype == first.dtype for p in parts):
-            out.index = out.index.astype(first.dtype)
-        return out
+        return _join_frames(parts)
     if kind == "Index":
-        return parts[0].append(parts[1:])
+        return _join_indexes(parts)
+    if kind == "extension":
+        return _join_extension_arrays(parts)
     if kind == "ndarray":
-        shapes = {p.shape[1:] for p in parts}
-        if len(shapes) > 1:
-            raise ValueError(
-                f"chunk results have different trailing shapes {sorted(shapes)}: "
-                "func must return arrays that agree on every axis but the first"
-            )
-        np = numpy()
-        if any(isinstance(p, np.ma.MaskedArray) for p in parts):
-            return np.ma.concatenate(parts, axis=0)
-        return np.concatenate(parts, axis=0)
+        return _join_arrays(parts)
     if kind == "list":
         return list(chain.from_iterable(parts))
+    if kind == "tuple":
+        return tuple(chain.from_iterable(parts))
+    if kind == "range":
+        return _join_ranges(parts)
     return list(parts)
+
+
+# -- pandas ------------------------------------------------------------------------------------
+
+
+def _numbered_afresh(indexes: list[Any]) -> bool:
+    """Every index is a RangeIndex from 0 by 1 and at least two are not empty: func numbered
+    each chunk's rows afresh (a positional slice of the data's own index cannot do that)."""
+    pd = pandas()
+    fresh = all(isinstance(ix, pd.RangeIndex) and ix.start == 0 and ix.step == 1 for ix in indexes)
+    return fresh and sum(len(ix) > 0 for ix in indexes) > 1
+
+
+def _common(values: list[Any]) -> Any:
+    """The first value if every value is the same (None otherwise)."""
+    first = values[0]
+    return first if all(same_value(v, first) for v in values[1:]) else None
+
+
+def _keep_dtype(out: Any, indexes: list[Any]) -> Any:
+    """``out`` (the indexes appended) in their common dtype, which appending may re-infer
+    (pandas-dev/pandas#60159: object labels come back as str or int64)."""
+    dtype = indexes[0].dtype
+    if out.dtype != dtype and all(ix.dtype == dtype for ix in indexes):
+        return out.astype(dtype)
+    return out
+
+
+def _join_indexes(parts: list[Any]) -> Any:
+    pd = pandas()
+    if _numbered_afresh(parts):
+        return pd.RangeIndex(sum(len(p) for p in parts), name=_common([p.name for p in parts]))
+    return _keep_dtype(parts[0].append(parts[1:]), parts)
+
+
+def _join_frames(parts: list[Any]) -> Any:
+    pd = pandas()
+    attrs = [p.attrs for p in parts]
+    if any(attrs):  # pandas compares attrs with ==, which arrays in them break (#59196)
+        parts = [p.copy(deep=False) for p in parts]
+        for p in parts:
+            p.attrs = {}
+    indexes = [p.index for p in parts]
+    if _numbered_afresh(indexes):
+        out = pd.concat(parts, ignore_index=True)
+        out.index = pd.RangeIndex(len(out), name=_common([ix.name for ix in indexes]))
+    else:
+        out = pd.concat(parts)
+        out.index = _keep_dtype(out.index, indexes)
+    if all(attrs):
+        common = _common(attrs)
+        if common is not None:
+            out.attrs = common
+    return out
+
+
+def _join_extension_arrays(parts: list[Any]) -> Any:
+    dtype = parts[0].dtype
+    if all(type(p) is type(parts[0]) and p.dtype == dtype for p in parts):
+        return type(parts[0])._concat_same_type(parts)
+    pd = pandas()  # a common dtype, found as pandas finds it for Series
+    return pd.concat([pd.Series(p, copy=False) for p in parts], ignore_index=True).array
+
+
+# -- NumPy and sequences -----------------------------------------------------------------------
+
+
+def _join_arrays(parts: list[Any]) -> Any:
+    shapes = {p.shape[1:] for p in parts}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"chunk results have different trailing shapes {sorted(shapes)}: "
+            "func must return arrays that agree on every axis but the first"
+        )
+    np = numpy()
+    first = parts[0]
+    same_dtype = all(p.dtype == first.dtype for p in parts)
+    if any(isinstance(p, np.ma.MaskedArray) for p in parts):
+        out = np.ma.concatenate(parts, axis=0)
+        if same_dtype and out.dtype != first.dtype:
+            out = out.astype(first.dtype)
+        if all(isinstance(p, np.ma.MaskedArray) for p in parts):
+            fill = _common([p.fill_value for p in parts])
+            if fill is not None:
+                out.fill_value = fill
+        return out
+    if same_dtype and all(type(p) is type(first) for p in parts):
+        # into an array like the first part: its dtype as is (byte order too) and subclass
+        out = np.empty_like(first, shape=(sum(len(p) for p in parts), *first.shape[1:]))
+        return np.concatenate(parts, axis=0, out=out)
+    return np.concatenate(parts, axis=0)
+
+
+def _join_ranges(parts: list[range]) -> range | list[Any]:
+    filled = [r for r in parts if len(r)]
+    if not filled:
+        return parts[0]
+    first, step = filled[0], filled[0].step
+    if all(r.step == step or len(r) == 1 for r in filled) and all(
+        b[0] == a[-1] + step for a, b in pairwise(filled)
+    ):
+        return range(first.start, filled[-1][-1] + step, step)
+    return list(chain.from_iterable(parts))
+
+
+# -- comparing values (attrs, fill values) -------------------------------------------------------
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` hold the same value: arrays and frames compare whole, NaN
+    equals NaN, and values that cannot be compared are not the same."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    pd, np = _pandas(), _numpy()
+    try:
+        if isinstance(a, dict):
+            return bool(a.keys() == b.keys()) and all(same_value(a[k], b[k]) for k in a)
+        if isinstance(a, list | tuple):
+            return len(a) == len(b) and all(map(same_value, a, b))
+        if pd is not None and isinstance(a, pd.DataFrame | pd.Series | pd.Index):
+            return bool(a.equals(b))
+        if np is not None and isinstance(a, np.ndarray):
+            nan = a.dtype.kind in "fcmM"
+            return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=nan))
+        return bool(a == b) or bool(a != a and b != b)  # NaN
+    except Exception:
+        return False

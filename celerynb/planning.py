@@ -1,7 +1,11 @@
 """How inputs are cut into chunks: the plans, the fixed and adaptive rules, their constants.
 
 Fixed rule: ``4 x workers`` chunks, more if a chunk would exceed
-``MAX_CHUNK_BYTES`` (64 MiB), never more chunks than items. It is the default
+``MAX_CHUNK_BYTES`` (64 MiB), never more chunks than items. A wide DataFrame
+(many pandas blocks: a block holds the columns of one NumPy dtype, or one
+extension column) is cut into fewer, down to one chunk per worker, so that
+the chunks carry at most ``MAX_BLOCKS_MOVED`` blocks in all: each block of
+each chunk costs about 0.1 ms to pickle, load and join. It is the default
 for small inputs (under 64 items per worker), groupby and ``reduce=`` calls.
 
 Adaptive rule (the default otherwise): one small probe chunk per worker runs
@@ -22,7 +26,7 @@ from typing import Any, Protocol
 
 from .errors import ChunkInfo
 from .groupby import GroupPlan
-from .inputs import _pandas, check_inputs, kind_of
+from .inputs import _pandas, blocks_of, check_inputs, kind_of
 from .join import join
 
 MAX_CHUNK_BYTES = 64 * 2**20  # no chunk is planned bigger (unless chunks= says so)
@@ -31,6 +35,7 @@ TARGET_CHUNK_SECONDS = 0.05  # adaptive chunking plans no chunk shorter than thi
 ADAPT_MIN_ITEMS_PER_WORKER = 64  # smaller inputs use the fixed rule
 PROBES_PER_WORKER = 32  # a probe chunk holds 1/(32 x workers) of the items
 EARLY_BYTES = 8 * 2**20  # calls with more data start before all of it is stored
+MAX_BLOCKS_MOVED = 2048  # the fixed rule's chunks carry at most this many pandas blocks
 
 
 class ChunkPlan(Protocol):
@@ -69,8 +74,12 @@ def n_chunks_for(
     size: int = 0,
     chunks: int | None = None,
     chunk_size: int | None = None,
+    blocks: int = 1,
 ) -> int:
-    """How many chunks the fixed rule cuts ``n_items`` into (``chunks=`` / ``chunk_size=`` win)."""
+    """How many chunks the fixed rule cuts ``n_items`` into (``chunks=`` / ``chunk_size=`` win).
+
+    ``blocks``: pandas blocks of one chunk of the inputs (see the module docstring).
+    """
     if chunks is not None and chunk_size is not None:
         raise ValueError("pass chunks= or chunk_size=, not both")
     if chunks is not None:
@@ -78,7 +87,9 @@ def n_chunks_for(
     elif chunk_size is not None:
         wanted = math.ceil(n_items / _positive_int("chunk_size", chunk_size))
     else:
-        wanted = max(CHUNKS_PER_WORKER * max(n_workers, 1), math.ceil(size / MAX_CHUNK_BYTES))
+        workers = max(n_workers, 1)
+        wanted = min(CHUNKS_PER_WORKER * workers, max(workers, MAX_BLOCKS_MOVED // blocks))
+        wanted = max(wanted, math.ceil(size / MAX_CHUNK_BYTES))
     return max(1, min(wanted, n_items))
 
 
@@ -226,4 +237,6 @@ def make_plan(
     ):
         planner = AdaptivePlanner(n_items, workers, size)
         return planner.probes(inputs), planner
-    return RangePlan.even(inputs, n_chunks_for(n_items, workers, size, chunks, chunk_size)), None
+    blocks = sum(blocks_of(data) for data in inputs)
+    n_chunks = n_chunks_for(n_items, workers, size, chunks, chunk_size, blocks)
+    return RangePlan.even(inputs, n_chunks), None

@@ -65,17 +65,23 @@ class Submission:
         early, batch = (self.n_workers, EARLY_BATCH) if big_call else (0, PUSH_BYTES)
         buffered, queued = 0, []
         for n, i in enumerate(indices, 1):
+            what, chunk = f"chunk {i}", None
             try:
                 big = self.size * plan.items(i) >= INLINE * n_items
                 what = plan.info(i).describe()
-                buffered += plane.put_chunk(pipe, self.keys, i, plan.take(i), big, what)
+                chunk = plan.take(i)
+                buffered += plane.put_chunk(pipe, self.keys, i, chunk, big, what)
             except (OSError, CelerynbError) as exc:
                 self.call.fail(exc)
                 raise
             except Exception as exc:
+                problem, fix = (
+                    ("cannot be pickled", "pass data made of picklable objects")
+                    if chunk is not None
+                    else ("cannot be cut from the data", "pass a list, an array or pandas data")
+                )
                 error = TypeError(
-                    f"{plan.info(i).describe()} of the data cannot be pickled "
-                    f"({type(exc).__name__}: {exc}); pass data made of picklable objects"
+                    f"{what} of the data {problem} ({type(exc).__name__}: {exc}); {fix}"
                 )
                 self.call.fail(error)
                 raise error from exc

@@ -548,7 +548,7 @@ def test_local_modules_are_found_through_wrappers(client_only_module: Any) -> No
     for root in (
         lambda xs: helper.triple(xs),
         functools.partial(helper.triple, 2),
-        GroupApply(lambda c: helper.triple(c), None, None, {}),
+        GroupApply(lambda c: helper.triple(c)),
     ):
         assert helper in shipping.local_modules(root), root
     assert shipping.local_modules(np.sum, pd.DataFrame.sum, functools.reduce) == []

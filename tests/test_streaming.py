@@ -137,8 +137,11 @@ def test_empty_call_yields_nothing(cluster: celerynb.LocalCluster) -> None:
 
 
 def test_streams_groupby_chunks(cluster: celerynb.LocalCluster) -> None:
-    """A groupby call streams the per-chunk applies; their join is the full apply."""
+    """A groupby call streams each chunk's groups with their results; all of them, in
+    chunk order, are the full apply's."""
     import pandas as pd
+
+    from celerynb.groupby import GroupResults
 
     df = pd.DataFrame({"k": [i % 5 for i in range(20)], "v": [float(i) for i in range(20)]})
     future = celerynb.cmap_async(
@@ -146,6 +149,8 @@ def test_streams_groupby_chunks(cluster: celerynb.LocalCluster) -> None:
     )
     got = dict(future.as_completed())
     assert sorted(got) == list(range(future.n_chunks))
-    joined = pd.concat([got[i] for i in sorted(got)])
-    pd.testing.assert_series_equal(joined, df.groupby("k").apply(lambda g: g["v"].sum()))
-    pd.testing.assert_series_equal(future.result(timeout=BOUND), joined)
+    assert all(isinstance(part, GroupResults) for part in got.values())
+    pairs = dict(pair for i in sorted(got) for pair in got[i].items())
+    expected = df.groupby("k").apply(lambda g: g["v"].sum())
+    pd.testing.assert_series_equal(pd.Series(pairs).rename_axis("k"), expected)
+    pd.testing.assert_series_equal(future.result(timeout=BOUND), expected)
