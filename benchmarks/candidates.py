@@ -41,6 +41,7 @@ class Workload:
     pandarallel: Callable[[Any], Any] | None = None
     warmup: Any = None  # smaller data for the untimed warm-up call (default: ``data``)
     meta: Any = field(default=None, repr=False)  # dask's meta for map_partitions
+    calls: int = 1  # back-to-back calls per timed repeat (the time is per call)
 
     def chunk_count(self, workers: int) -> int:
         """How many chunks a peer splits ``data`` into."""
@@ -119,8 +120,9 @@ class Candidate:
         ``warm``: this is the untimed warm-up call, whose result gets checked.
         """
         t0 = time.perf_counter()
-        out = self.run(w, data)
-        seconds = time.perf_counter() - t0
+        for _ in range(w.calls):
+            out = self.run(w, data)
+        seconds = (time.perf_counter() - t0) / w.calls
         self.after()
         return seconds, out
 
@@ -414,6 +416,9 @@ class Isolated(Candidate):
     helper, results are checked there.
     """
 
+    # what the helper process runs: (pipe, candidate name, workers, quick)
+    serve: Callable[[Any, str, int, bool], None] = staticmethod(_serve)
+
     def __init__(self, inner: Candidate, quick: bool) -> None:
         super().__init__(inner.workers)
         self.inner, self.quick = inner, quick
@@ -443,7 +448,9 @@ class Isolated(Candidate):
         self.conn, child = ctx.Pipe()
         # not a daemon: pandarallel starts processes of its own; the helper exits when
         # its pipe closes (EOFError in recv) if the harness dies
-        self.proc = ctx.Process(target=_serve, args=(child, self.name, self.workers, self.quick))
+        self.proc = ctx.Process(
+            target=self.serve, args=(child, self.name, self.workers, self.quick)
+        )
         self.proc.start()
         child.close()
         if not self.conn.poll(120):
@@ -484,7 +491,7 @@ BY_NAME = {c.name: c for c in ALL}
 
 
 def workload_set(quick: bool) -> list[Workload]:
-    """W1-W4 at full or quick size."""
+    """W1-W5 at full or quick size."""
     w1_rows, w2_rows, w3_rows, forced = (
         (20_000, 2_000, 1_000_000, 50) if quick else (200_000, 10_000, 10_000_000, 1000)
     )
@@ -527,4 +534,13 @@ def workload_set(quick: bool) -> list[Workload]:
             meta=wide.iloc[:0],
         ),
         Workload("W4", "W4 latency: one tiny call", workloads.tiny, [1]),
+        Workload(
+            "W5",
+            "W5 a tiny frame: 10 rows, default chunks, 20 calls back to back (per call)",
+            workloads.cheap,
+            workloads.make_frame(10, seed=2),
+            pandarallel=lambda d: d.parallel_apply(workloads.cheap_row, axis=1, raw=True),
+            meta=workloads.cheap(frame2.iloc[:0]),
+            calls=20,
+        ),
     ]

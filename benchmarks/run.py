@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: python benchmarks/run.py
 
 import numpy as np
 
-from benchmarks import candidates, elastic, streaming
+from benchmarks import candidates, elastic, peers, streaming
 from benchmarks.candidates import (
     ALL,
     BY_NAME,
@@ -340,9 +340,11 @@ def chart(
     path: Path,
     scaling: dict[str, list[float]] | None = None,
     streams: dict[str, dict[str, list[dict[str, float]]]] | None = None,
+    documented: peers.Section | None = None,
 ) -> str | None:
-    """A PNG with one panel per metric (and for elastic scale-out and streaming); returns
-    why it was not drawn, or None."""
+    """A PNG with one panel per metric (and for elastic scale-out and streaming, and a
+    full-width one for pandarallel's documented workloads); returns why it was not drawn,
+    or None."""
     try:
         import matplotlib
 
@@ -356,11 +358,16 @@ def chart(
             by_metric.setdefault(row.metric, []).append(row)
     stream_panels = _stream_panels(streams or {})
     n = len(by_metric) + (1 if scaling and any(scaling.values()) else 0) + len(stream_panels)
-    if not n:
+    wide = documented is not None and any(
+        documented.median(k, "serial") for k in documented.titles
+    )  # a last row of its own, both columns
+    if not n and not wide:
         return "nothing measured: no chart"
     cols = 2
-    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(13, 2.6 * ((n + 1) // 2)))
-    flat = list(np.atleast_1d(axes).ravel())
+    n_rows = (n + cols - 1) // cols + (1 if wide else 0)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(13, 2.6 * n_rows + (0.8 if wide else 0)))
+    grid = np.atleast_2d(axes)
+    flat = list(grid[:-1].ravel() if wide else grid.ravel())
     for ax, group in zip(flat, by_metric.values(), strict=False):
         unit = group[0].unit
         scale = 1.0 if unit == "MB" or max(r.median or 0 for r in group) >= 1 else 1000.0
@@ -412,6 +419,10 @@ def chart(
             ax.text(v, yi, f" {v:.3g}", va="center", fontsize=7)
     for ax in flat[n:]:
         ax.axis("off")
+    if wide and documented is not None:
+        for ax in grid[-1]:
+            ax.remove()
+        peers.draw(fig.add_subplot(grid[0, 0].get_gridspec()[-1, :]), documented)
     fig.suptitle(f"celerynb cmap (orange) vs peers: median, whiskers min{DASH}max", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -446,6 +457,7 @@ def write_report(
     chart_note: str | None,
     scaling: str = "",
     streams: str = "",
+    documented: str = "",
 ) -> str:
     """Write the markdown report to ``path``; return the table."""
     text = table(rows)
@@ -469,6 +481,7 @@ def write_report(
         f"## Results\n\n{text}\n{picture}"
         f"## Elastic scale-out\n\n{scaling or 'not measured'}\n"
         f"## Data bigger than memory\n\n{streams or 'not measured'}\n"
+        f"## pandarallel's documented workloads\n\n{documented or 'not measured'}\n"
         f"## Skipped\n\n{skip_lines}\n\n"
         "## How each candidate runs\n\n"
         "- **serial pandas**: `func(df)` in the driver process.\n"
@@ -491,7 +504,9 @@ def write_report(
         "- **raw Celery group**: a minimal Celery app (`benchmarks/rawcelery.py`, pickle, "
         "default worker flags, a private redis-server as broker and result backend), "
         "`group(task.s(func, chunk) ...)().get()` with the chunk bytes inside the messages "
-        "(one task and `AsyncResult.get()` for a one-chunk call): what celerynb saves you.\n\n"
+        "(one task and `AsyncResult.get()` for a one-chunk call): what celerynb saves you.\n"
+        "- **pandarallel's documented workloads**: each library's own API for each of "
+        "pandarallel's examples (`benchmarks/peers.py` says how).\n\n"
         f"## Machine\n\n| | |\n|---|---|\n{machine_lines}\n"
     )
     return text
@@ -529,7 +544,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--out", type=Path, default=HERE / "RESULTS.md", help="report path (default: %(default)s)"
     )
     parser.add_argument(
-        "--repeats", type=int, help="timed repeats of W2 default chunks and W4 (default 5; quick 1)"
+        "--repeats",
+        type=int,
+        help="timed repeats of W2 default chunks, W4 and W5 (default 5; quick 1)",
     )
     parser.add_argument(
         "--heavy-repeats",
@@ -569,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         **{k: titles[k] for k in ("W1", "W2", "W2c", "W3")},
         MEMORY: f"{titles['W3'].split(':')[0]} driver peak memory (above baseline)",
         "W4": titles["W4"],
+        "W5": titles["W5"],
         COLD_READY: "start-up: cluster ready, fresh process",
         COLD_FIRST: "start-up: first pandas result, fresh process",
     }
@@ -614,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
                 live.append(c)
             except Exception as exc:
                 skipped.append(f"{c.label}: failed to start: {exc}")
-                for key in ("W1", "W2", "W2c", "W3", "W4"):
+                for key in ("W1", "W2", "W2c", "W3", "W4", "W5"):
                     results[key][c.name].notes.insert(0, f"failed to start: {str(exc)[:80]}")
                 log(f"  {c.name}: failed to start: {exc!r}")
         order = [c for c in runnable if c in live]
@@ -640,28 +658,48 @@ def main(argv: list[str] | None = None) -> int:
         streams_text = f"failed: {type(exc).__name__}: {exc}"
         log(f"  streaming: FAILED {exc!r}")
 
+    log("pandarallel's documented workloads")
+    documented: peers.Section | None = None
+    documented_text = ""
+    try:
+        documented = peers.run(quick, args.workers, heavy, log)
+        documented_text = peers.table(documented, heavy, args.workers)
+    except Exception as exc:
+        documented_text = f"failed: {type(exc).__name__}: {exc}"
+        log(f"  peers: FAILED {exc!r}")
+
     log("writing the report")
     load_after = os.getloadavg()
     elapsed = time.perf_counter() - started_at
     rows = build_rows(results, titles, everyone)
     out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    chart_note = chart(rows, out.with_name("results.png"), scaling, streams)
+    chart_note = chart(rows, out.with_name("results.png"), scaling, streams, documented)
     settings = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "mode": "quick (small sizes, smoke check)" if quick else "full",
         "workers per candidate": str(args.workers),
-        "repeats": f"W2 default chunks and W4 {repeats}, W1, W2 forced chunks and W3 {heavy}, "
-        f"start-up/memory {cold_repeats} (each after one untimed warm-up call)",
+        "repeats": f"W2 default chunks, W4 and W5 {repeats}, W1, W2 forced chunks and W3 {heavy}, "
+        f"start-up/memory {cold_repeats}, pandarallel's documented workloads {heavy} (each "
+        "after one untimed warm-up call)",
         "load average (1 min) before / after": f"{load_before[0]:.2f} / {load_after[0]:.2f}",
         "wall time of the run": f"{elapsed:.0f} s",
     }
     text = write_report(
-        out, rows, machine(), settings, skipped, chart_note, scaling_text, streams_text
+        out,
+        rows,
+        machine(),
+        settings,
+        skipped,
+        chart_note,
+        scaling_text,
+        streams_text,
+        documented_text,
     )
     print(text)
     print(scaling_text)
     print(streams_text)
+    print(documented_text)
     if chart_note:
         log(chart_note)
     log(f"wrote {out} in {elapsed:.0f} s")

@@ -25,6 +25,7 @@ _PUBLIC = {
     "current": "cluster",
     "default_cluster": "cluster",
     "AlignmentWarning": "errors",
+    "ReductionWarning": "errors",
     "CancelledError": "errors",
     "CelerynbError": "errors",
     "ChunkError": "errors",
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
         ChunkInfo,
         ClusterError,
         PayloadTooLarge,
+        ReductionWarning,
         SignatureError,
         VersionMismatch,
     )
@@ -100,6 +102,7 @@ __all__ = [
     "LocalCluster",
     "MapFuture",
     "PayloadTooLarge",
+    "ReductionWarning",
     "SignatureError",
     "VersionMismatch",
     "__version__",

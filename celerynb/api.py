@@ -21,6 +21,7 @@ from .planning import RangePlan
 from .progress import make_display
 from .runner import CallRunner
 from .streams import Peeked
+from .windows import Overlap
 
 
 def _describe_unpicklable(func: object, exc: Exception) -> str:
@@ -94,6 +95,28 @@ def _empty(func: Callable[..., Any], inputs: tuple[Any, ...], opts: CallOptions)
     return opts.reduce([value]) if opts.reduce is not None else join([value])
 
 
+def _shipped(
+    func: Callable[..., Any], inputs: tuple[Any, ...], n_items: int, opts: CallOptions
+) -> Callable[..., Any]:
+    """What the workers call on a chunk (pickled once): ``func`` itself, or a wrapper that
+    runs it per group (a groupby) or drops the carried rows (``overlap=``)."""
+    if is_groupby(inputs[0]):
+        if opts.overlap:
+            raise ValueError(
+                "overlap= is for data split by rows; a groupby's chunks hold whole groups. "
+                "For a window within each group, drop overlap= (each group is whole)"
+            )
+        return GroupApply.of(inputs[0], func)
+    if opts.overlap:
+        if n_items < 0:
+            raise ValueError(
+                "overlap= needs data of known length; an iterator's chunks are read as they "
+                "come. Pass the data itself (a DataFrame, Series, array or list)"
+            )
+        return Overlap(func, opts.overlap, len(inputs) > 1)
+    return func
+
+
 def _label(func: object) -> str:
     return f"cmap({getattr(func, '__name__', type(func).__name__)})"
 
@@ -151,8 +174,7 @@ def cmap_async(
         peeked = tuple(Peeked(x) for x in inputs)
         n_items, inputs = (0 if any(p.empty for p in peeked) else -1), peeked
     warn_if_misaligned(inputs)
-    # a groupby's workers run func per group: ship that wrapper, pickled once
-    shipped = GroupApply.of(data, func) if is_groupby(data) else func
+    shipped = _shipped(func, inputs, n_items, opts)
     job = codec.Job(shipped, opts.reduce, opts.args, opts.kwargs)
     if n_items == 0:
         _dump_job("", job)  # the same errors as for a real call

@@ -111,7 +111,8 @@ def fingerprint(func: object, inputs: tuple[object, ...], opts: CallOptions) -> 
     for f in (func, opts.reduce):
         if f is not None:
             _func_digest(f, h)
-    h.update(cloudpickle.dumps((opts.args, opts.kwargs)))
+    extra = (opts.args, opts.kwargs, opts.overlap) if opts.overlap else (opts.args, opts.kwargs)
+    h.update(cloudpickle.dumps(extra))
     for data in inputs:
         _data_digest(data, h)
     return h.hexdigest()

@@ -6,8 +6,10 @@ import concurrent.futures
 import linecache
 import pickle
 import re
+import sys
 import traceback
 import types
+import warnings
 from dataclasses import dataclass, replace
 
 import cloudpickle
@@ -43,6 +45,21 @@ class VersionMismatch(CelerynbError, ValueError):
 
 class AlignmentWarning(UserWarning):
     """Several pandas inputs with different indexes: cmap pairs their rows by position."""
+
+
+class ReductionWarning(UserWarning):
+    """The chunks' results look like a reduction of each chunk (``chunk.sum()``,
+    ``chunk.apply(f)`` by column): the joined result is one reduced part per chunk."""
+
+
+def warn_at_caller(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` pointing at the first frame outside celerynb (the user's line)."""
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").partition(".")[0] == (
+        "celerynb"
+    ):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,34 @@ class GroupApply:
         return GroupResults(chunk.keys, values, mutated)
 
 
+def _cuts(sizes: Any, ends: Any, n: int) -> list[int]:
+    """Where the chunks of groups start (and the groups' end), for at most ``n`` chunks.
+
+    Cut before group g when the current chunk is full (to the nearest group) for an
+    even share of the rows left, when a group larger than that share starts or ends,
+    or when every group left needs a chunk of its own. Each cut is found with
+    vectorised searches over the groups up to it, so a million groups cost little.
+    """
+    np = numpy()
+    n_groups, total = len(sizes), int(ends[-1])
+    middles = ends[:-1] + sizes / 2  # full(g): the chunk reaches past group g's middle
+    larger = np.maximum(sizes, np.concatenate([[0], sizes[:-1]]))  # group g or g - 1
+    cuts = [0]
+    while len(cuts) < n:
+        last, start = cuts[-1], int(ends[cuts[-1]])
+        share = (total - start) / (n - len(cuts) + 1)
+        full = max(int(np.searchsorted(middles, start + share, side="right")), last + 1)
+        must = n_groups - n + len(cuts)  # every group left gets a chunk of its own
+        nearest = min(full, must if must > last else n_groups)
+        big = np.flatnonzero(larger[last + 1 : nearest] > share)
+        cut = last + 1 + int(big[0]) if len(big) else nearest
+        if cut >= n_groups:
+            break
+        cuts.append(cut)
+    cuts.append(n_groups)
+    return cuts
+
+
 @dataclass(frozen=True)
 class GroupPlan:
     """A groupby cut into chunks of whole groups, in group order.
@@ -141,28 +169,11 @@ class GroupPlan:
     def make(cls, grouped: Any, n_chunks: int) -> GroupPlan:
         np = numpy()
         grouper = grouped._grouper
-        ids = grouper.ids
-        sizes = np.bincount(ids[ids >= 0], minlength=grouper.ngroups)
+        n_groups = grouper.ngroups
+        sizes = np.bincount(grouper.ids + 1, minlength=n_groups + 1)[1:]  # (-1: dropped NaN)
         order = grouper.result_ilocs  # pandas' own group order of the rows it keeps
-        total = int(sizes.sum())
         ends = np.concatenate([[0], np.cumsum(sizes)])
-        # Cut before group g when the current chunk is full (to the nearest group) for
-        # an even share of the rows left, when a group larger than that share starts or
-        # ends, or when every group left needs a chunk of its own; never more than
-        # min(n_chunks, groups) chunks.
-        n = min(n_chunks, len(sizes))
-        cuts = [0]
-        for g in range(1, len(sizes)):
-            if len(cuts) == n:
-                break
-            start = ends[cuts[-1]]
-            share = (total - start) / (n - len(cuts) + 1)
-            must = len(sizes) - g == n - len(cuts)
-            big = sizes[g] > share or sizes[g - 1] > share
-            full = ends[g] - start + sizes[g] / 2 > share
-            if must or big or full:
-                cuts.append(g)
-        cuts.append(len(sizes))
+        cuts = _cuts(sizes, ends, min(n_chunks, n_groups))
         return cls(grouped, tuple(pairwise(cuts)), order, ends)
 
     @property

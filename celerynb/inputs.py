@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from collections.abc import Iterable, Sequence, Sized
 from types import ModuleType
 from typing import Literal, cast
 
-from .errors import AlignmentWarning
+from .errors import AlignmentWarning, warn_at_caller
 
 Kind = Literal["pandas", "numpy", "sequence", "groupby", "stream"]
 
@@ -93,9 +92,14 @@ def kind_of(data: object) -> Kind:
 
 
 def nbytes(data: object) -> int:
-    """Approximate in-memory size of ``data`` (0 when unknown)."""
+    """Approximate in-memory size of ``data`` (0 when unknown; a groupby's: its frame's)."""
     pd = _pandas()
+    if is_groupby(data):
+        data = getattr(data, "obj", None)
     if pd is not None and isinstance(data, pd.DataFrame):
+        blocks = getattr(getattr(data, "_mgr", None), "blocks", None)  # 20x faster than
+        if blocks is not None:  # memory_usage() on a small frame
+            return sum(int(getattr(b.values, "nbytes", 0)) for b in blocks)
         return int(data.memory_usage(index=False, deep=False).sum())
     size = getattr(data, "nbytes", 0)
     return int(size) if isinstance(size, int) else 0
@@ -165,11 +169,5 @@ def misaligned(inputs: tuple[object, ...]) -> str | None:
 def warn_if_misaligned(inputs: tuple[object, ...]) -> None:
     """Warn (``AlignmentWarning``, at the caller's line) when :func:`misaligned` says so."""
     message = misaligned(inputs)
-    if message is None:
-        return
-    frame, level = sys._getframe(), 1
-    while frame.f_back is not None and frame.f_globals.get("__name__", "").partition(".")[0] == (
-        "celerynb"
-    ):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, AlignmentWarning, stacklevel=level)
+    if message is not None:
+        warn_at_caller(message, AlignmentWarning)

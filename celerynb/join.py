@@ -25,6 +25,7 @@ from __future__ import annotations
 from itertools import chain, pairwise
 from typing import Any, Literal
 
+from .errors import ReductionWarning, warn_at_caller
 from .inputs import _numpy, _pandas, numpy, pandas
 
 Category = Literal[
@@ -54,8 +55,12 @@ def _category(value: object) -> Category:
     return "other"
 
 
-def join(parts: list[Any]) -> Any:
-    """Join the chunks' results in order (see the module docstring for the rule)."""
+def join(parts: list[Any], source: Any = None) -> Any:
+    """Join the chunks' results in order (see the module docstring for the rule).
+
+    ``source``: the index of the data the chunks were cut from by position, if any
+    (for the ``freq`` a serial run keeps, and the :class:`ReductionWarning`).
+    """
     categories = [_category(p) for p in parts]
     kinds = set(categories)
     if len(kinds) > 1 and kinds != {"other"}:
@@ -69,9 +74,15 @@ def join(parts: list[Any]) -> Any:
         )
     kind = categories[0] if categories else "other"
     if kind in ("DataFrame", "Series"):
-        return _join_frames(parts)
+        if source is not None:
+            warn_if_reduced([p.index for p in parts], source)
+        out = _join_frames(parts)
+        if source is not None:
+            out.index = serial_freq(out.index, source, [p.index for p in parts])
+        return out
     if kind == "Index":
-        return _join_indexes(parts)
+        out = _join_indexes(parts)
+        return out if source is None else serial_freq(out, source, parts)
     if kind == "extension":
         return _join_extension_arrays(parts)
     if kind == "ndarray":
@@ -137,6 +148,70 @@ def _join_frames(parts: list[Any]) -> Any:
         if common is not None:
             out.attrs = common
     return out
+
+
+def serial_freq(out: Any, source: Any, indexes: list[Any]) -> Any:
+    """``out`` (joined datetime-like labels) with the ``freq`` a serial run gives them.
+
+    pandas keeps ``freq`` through a positional take of evenly spaced rows (a filter
+    that keeps every other hour has a 2-hour freq), but joins pieces of different
+    spacing without one. When every piece kept a ``freq`` and the joined labels are
+    rows of ``source`` at evenly spaced positions, this sets the serial ``freq``.
+    """
+    pd, np = pandas(), numpy()
+    freq = getattr(source, "freq", None)
+    if (
+        freq is None
+        or not isinstance(out, pd.DatetimeIndex | pd.TimedeltaIndex)
+        or out.freq is not None
+        or len(out) < 2
+        or any(ix.freq is None for ix in indexes if len(ix))
+    ):
+        return out
+    positions = source.get_indexer(out)
+    steps = np.diff(positions)
+    if (positions < 0).any() or steps[0] < 1 or (steps != steps[0]).any():
+        return out
+    return type(out)(out, freq=freq * int(steps[0]))
+
+
+def warn_if_reduced(indexes: list[Any], source: Any, limit: int = 1_000_000) -> None:
+    """A :class:`ReductionWarning` when the parts' indexes repeat, across chunks, labels
+    that ``source`` does not have: ``func`` reduced each chunk. Parts whose labels rise
+    from one part to the next (row-wise results of sorted data) cannot repeat any and
+    cost a monotonicity check; otherwise up to ``limit`` labels are looked at."""
+    filled = [ix for ix in indexes if len(ix)]
+    if len(filled) < 2 or _numbered_afresh(indexes) or _rising(filled):
+        return  # (rows numbered afresh in each chunk are numbered again when joined)
+    if sum(map(len, filled)) > limit:
+        return
+    labels = filled[0].unique().append([ix.unique() for ix in filled[1:]])
+    twice = labels.duplicated()
+    if not twice.any():
+        return
+    firsts = labels[labels.isin(labels[twice]) & ~twice]  # in the order they first appear
+    new = firsts[~firsts.isin(source)]
+    if not len(new):
+        return
+    shown = ", ".join(repr(x) for x in new[:3]) + (", ..." if len(new) > 3 else "")
+    warn_at_caller(
+        f"the chunks' results repeat labels the data does not have ({shown}) in "
+        f"{len(filled)} chunks: func looks like a reduction of its chunk (such as "
+        "chunk.apply(f) by column, or chunk.sum()), so the result holds one reduced "
+        "part per chunk, not func(data). Reduce the parts too (reduce=), or let cmap "
+        "do the row-wise part and reduce its joined result (e.g. df.apply(f) on it)",
+        ReductionWarning,
+    )
+
+
+def _rising(indexes: list[Any]) -> bool:
+    """Whether the labels rise through ``indexes`` (each sorted, each after the last)."""
+    try:
+        return all(ix.is_monotonic_increasing for ix in indexes) and all(
+            bool(a[-1] < b[0]) for a, b in pairwise(indexes)
+        )
+    except TypeError:  # labels that do not compare
+        return False
 
 
 def _join_extension_arrays(parts: list[Any]) -> Any:

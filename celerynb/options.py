@@ -23,6 +23,7 @@ class CallKwargs(TypedDict, total=False):
     kwargs: dict[str, Any] | None
     chunks: int | None
     chunk_size: int | None
+    overlap: int
     reduce: Callable[[list[Any]], Any] | None
     progress: Progress
     timeout: float | None
@@ -48,6 +49,9 @@ class CallOptions:
     - ``chunks=None``, ``chunk_size=None``: the default chunking (adaptive, or
       4 chunks per worker; at most 64 MiB a chunk); either one overrides it
       (an iterator's items are its chunks; ``chunk_size=`` re-cuts them);
+    - ``overlap=0``: items before each chunk that it gets too, for a ``func``
+      over windows of rows (``rolling(n)`` needs ``overlap=n - 1``); their
+      rows are dropped from its result, so ``func`` must return a row per row;
     - ``reduce=None``: a function run on a worker over the list of chunk
       results; only its value comes back;
     - ``progress=True``: a widget in a notebook, a text bar in a terminal
@@ -78,6 +82,7 @@ class CallOptions:
     kwargs: dict[str, Any] = field(default_factory=dict)
     chunks: int | None = None
     chunk_size: int | None = None
+    overlap: int = 0
     reduce: Callable[[list[Any]], Any] | None = None
     progress: Progress = True
     timeout: float | None = None
@@ -125,6 +130,7 @@ class CallOptions:
         for name, low in (
             ("retries", 0),
             ("attempts", 1),
+            ("overlap", 0),
             ("output_lines", 0),
             ("output_bytes", 0),
         ):

@@ -1,6 +1,8 @@
 """How inputs are cut into chunks: the plans, the fixed and adaptive rules, their constants.
 
-Fixed rule: ``4 x workers`` chunks, more if a chunk would exceed
+Fixed rule: ``4 x workers`` chunks (one per worker for a small input, under 64
+items per worker: each chunk costs about a millisecond, and an even split of
+few items balances as well as a finer one), more if a chunk would exceed
 ``MAX_CHUNK_BYTES`` (64 MiB), never more chunks than items. A wide DataFrame
 (many pandas blocks: a block holds the columns of one NumPy dtype, or one
 extension column) is cut into fewer, down to one chunk per worker, so that
@@ -21,13 +23,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from .errors import ChunkInfo
 from .groupby import GroupPlan
 from .inputs import _pandas, blocks_of, check_inputs, kind_of
 from .join import join
+from .windows import Carried
 
 MAX_CHUNK_BYTES = 64 * 2**20  # no chunk is planned bigger (unless chunks= says so)
 CHUNKS_PER_WORKER = 4  # the fixed rule; also the guided schedule's share
@@ -75,10 +78,12 @@ def n_chunks_for(
     chunks: int | None = None,
     chunk_size: int | None = None,
     blocks: int = 1,
+    per_worker: int = CHUNKS_PER_WORKER,
 ) -> int:
     """How many chunks the fixed rule cuts ``n_items`` into (``chunks=`` / ``chunk_size=`` win).
 
-    ``blocks``: pandas blocks of one chunk of the inputs (see the module docstring).
+    ``blocks``: pandas blocks of one chunk of the inputs (see the module docstring);
+    ``per_worker``: chunks per worker before the byte and block limits.
     """
     if chunks is not None and chunk_size is not None:
         raise ValueError("pass chunks= or chunk_size=, not both")
@@ -88,7 +93,7 @@ def n_chunks_for(
         wanted = math.ceil(n_items / _positive_int("chunk_size", chunk_size))
     else:
         workers = max(n_workers, 1)
-        wanted = min(CHUNKS_PER_WORKER * workers, max(workers, MAX_BLOCKS_MOVED // blocks))
+        wanted = min(per_worker * workers, max(workers, MAX_BLOCKS_MOVED // blocks))
         wanted = max(wanted, math.ceil(size / MAX_CHUNK_BYTES))
     return max(1, min(wanted, n_items))
 
@@ -102,16 +107,18 @@ def _slice(data: Any, start: int, stop: int) -> object:
 
 @dataclass(frozen=True)
 class RangePlan:
-    """Inputs cut by position: chunk ``i`` covers ``bounds[i]`` of each input (like zip)."""
+    """Inputs cut by position: chunk ``i`` covers ``bounds[i]`` of each input (like zip),
+    and carries the ``overlap`` items before it (see :mod:`celerynb.windows`)."""
 
     inputs: tuple[Any, ...]
     bounds: tuple[tuple[int, int], ...]
+    overlap: int = 0
 
     @classmethod
-    def even(cls, inputs: tuple[Any, ...], n_chunks: int) -> RangePlan:
+    def even(cls, inputs: tuple[Any, ...], n_chunks: int, overlap: int = 0) -> RangePlan:
         """All items, in ``n_chunks`` chunks of (nearly) equal length."""
         rest = check_inputs(inputs)
-        return cls(inputs, ()).then(
+        return cls(inputs, (), overlap).then(
             [(i + 1) * rest // n_chunks - i * rest // n_chunks for i in range(n_chunks)]
         )
 
@@ -126,7 +133,7 @@ class RangePlan:
         for size in sizes:
             bounds.append((start, start + size))
             start += size
-        return RangePlan(self.inputs, tuple(bounds))
+        return replace(self, bounds=tuple(bounds))
 
     @property
     def data(self) -> Any:
@@ -140,10 +147,13 @@ class RangePlan:
         return len(self.bounds)
 
     def take(self, index: int) -> object:
-        """A slice of the input, or a tuple of slices of each input."""
+        """A slice of the input, or a tuple of slices of each input (``Carried`` with the
+        items before it, for an ``overlap``)."""
         start, stop = self.bounds[index]
-        parts = tuple(_slice(data, start, stop) for data in self.inputs)
-        return parts if len(parts) > 1 else parts[0]
+        first = max(0, start - self.overlap)
+        parts = tuple(_slice(data, first, stop) for data in self.inputs)
+        chunk = parts if len(parts) > 1 else parts[0]
+        return Carried(chunk, start - first) if self.overlap else chunk
 
     def info(self, index: int) -> ChunkInfo:
         start, stop = self.bounds[index]
@@ -159,7 +169,11 @@ class RangePlan:
         return stop - start
 
     def join(self, parts: list[Any]) -> Any:
-        return join(parts)
+        pd = _pandas()
+        data = self.data
+        if pd is not None and isinstance(data, pd.DataFrame | pd.Series):
+            return join(parts, data.index)
+        return join(parts, data if pd is not None and isinstance(data, pd.Index) else None)
 
 
 @dataclass(frozen=True)
@@ -174,13 +188,13 @@ class AdaptivePlanner:
     def applies(cls, n_items: int, workers: int) -> bool:
         return n_items >= ADAPT_MIN_ITEMS_PER_WORKER * workers
 
-    def probes(self, inputs: tuple[Any, ...]) -> RangePlan:
+    def probes(self, inputs: tuple[Any, ...], overlap: int = 0) -> RangePlan:
         """One probe chunk per worker, each 1/(32 x workers) of the items (at most 64 MiB)."""
         per_probe = min(
             self.n_items // (PROBES_PER_WORKER * self.workers),
             max(1, self.n_items * MAX_CHUNK_BYTES // max(self.size, 1)),
         )
-        return RangePlan(inputs, ()).then([max(1, per_probe)] * self.workers)
+        return RangePlan(inputs, (), overlap).then([max(1, per_probe)] * self.workers)
 
     def rest(self, covered: int, seconds_per_item: float) -> list[int]:
         """Sizes of the chunks after the first ``covered`` items (see the module docstring)."""
@@ -209,10 +223,12 @@ def make_plan(
     chunks: int | None,
     chunk_size: int | None,
     fixed: bool,
+    overlap: int = 0,
 ) -> tuple[ChunkPlan, AdaptivePlanner | None]:
     """The first chunks of a call, and the adaptive planner that adds the rest (or None).
 
-    ``fixed`` forces the fixed rule (``reduce=`` calls).
+    ``fixed`` forces the fixed rule (``reduce=`` calls); ``overlap``: items before each
+    chunk that it carries too.
     """
     n_items = check_inputs(inputs)
     if n_items < 0:  # iterators of chunks
@@ -229,14 +245,11 @@ def make_plan(
         return GroupPlan.make(
             inputs[0], n_chunks_for(n_items, workers, size, chunks, chunk_size)
         ), None
-    if (
-        chunks is None
-        and chunk_size is None
-        and not fixed
-        and AdaptivePlanner.applies(n_items, workers)
-    ):
+    large = AdaptivePlanner.applies(n_items, workers)
+    if chunks is None and chunk_size is None and not fixed and large:
         planner = AdaptivePlanner(n_items, workers, size)
-        return planner.probes(inputs), planner
+        return planner.probes(inputs, overlap), planner
     blocks = sum(blocks_of(data) for data in inputs)
-    n_chunks = n_chunks_for(n_items, workers, size, chunks, chunk_size, blocks)
-    return RangePlan.even(inputs, n_chunks), None
+    per_worker = CHUNKS_PER_WORKER if large else 1
+    n_chunks = n_chunks_for(n_items, workers, size, chunks, chunk_size, blocks, per_worker)
+    return RangePlan.even(inputs, n_chunks, overlap), None

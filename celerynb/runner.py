@@ -52,8 +52,9 @@ class CallRunner:
     ) -> None:
         self.cluster, self.call, self.options, self.inputs = cluster, call, options, inputs
         self.size = sum(nbytes(x) for x in inputs)
+        zipped = len(inputs) > 1 and not options.overlap  # (windows.Overlap unpacks them)
         self.opts = options.slot(
-            len(inputs) > 1, cluster.plane.shared, watch=cluster.elastic, label=call.label
+            zipped, cluster.plane.shared, watch=cluster.elastic, label=call.label
         )
         self.keys = CallKeys(call.id)
         self.display: Display = NoDisplay()
@@ -111,6 +112,7 @@ class CallRunner:
             o.chunks,
             o.chunk_size,
             fixed=o.reduce is not None or self.named,  # a named call is stored whole at once
+            overlap=o.overlap,
         )
         self.submission.n_workers = n_workers
         if not self.call.begin(plan, planner):
@@ -219,7 +221,8 @@ class CallRunner:
         if reaction.store:
             self.submission.store(reaction.store)
             if self.call.state.ended:  # cancelled while storing: those chunks go too
-                self._cleanup()
+                with contextlib.suppress(redis.RedisError):
+                    self.cluster.plane.delete_call(self.keys, self.call.n_chunks)
         if self.stream is not None:  # an iterator's parts are reduced as they come
             due = self.stream.reduction_due()
             if due is not None:
@@ -274,14 +277,18 @@ class CallRunner:
         """Once the call ends (any thread): stop its work, delete its data, close the display."""
         if call.state is not CallState.FINISHED:
             self._revoke()
-        with contextlib.suppress(redis.RedisError):  # output that came after the last poll
-            self.relay.take(self.cluster.plane.pop_output(self._output_left()))
+        with contextlib.suppress(redis.RedisError):
+            # output that came after the last poll; an anonymous call's data goes too
+            pipe = self.cluster.redis.pipeline(transaction=False)
+            pipe.lpop(self.keys.output, 10_000)
+            if not self.named:
+                self.cluster.plane.delete_call(self.keys, self.call.n_chunks, pipe)
+            left = pipe.execute()[0] or []
+            self.relay.take(self.cluster.plane.pop_output(list(left)))
         self.relay.close()
         self.display.close(call.snapshot())
         if self.named:
             self._settle_named(call)
-        else:
-            self._cleanup()
         self.cluster.supervisor.remove(self)
 
     def _settle_named(self, call: Call) -> None:
@@ -309,14 +316,6 @@ class CallRunner:
                 ids.append(self.keys.reduce_task)
             # Celery records revoked tasks in the backend: remove those records later
             self.cluster.defer_delete(dispatch.revoke(self.cluster.app, ids))
-
-    def _output_left(self) -> list[bytes]:
-        left = self.cluster.redis.lpop(self.keys.output, 10_000) or []
-        return list(left)  # type: ignore[arg-type]
-
-    def _cleanup(self) -> None:
-        with contextlib.suppress(redis.RedisError):
-            self.cluster.plane.delete_call(self.keys, self.call.n_chunks)
 
 
 def _text(value: bytes | str) -> str:

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import workloads  # noqa: E402
+from benchmarks import peers, workloads  # noqa: E402
 
 
 def test_workloads_match_the_demo() -> None:
@@ -72,6 +72,16 @@ def test_quick_mode_writes_a_table(tmp_path: Path) -> None:
         assert key in text
     assert "celerynb cmap" in text and "serial pandas" in text
     assert "## Machine" in text and "| pandas |" in text
+    # pandarallel's documented workloads: their own table, a row per workload, each measured
+    section = text.split("## pandarallel's documented workloads\n\n", 1)[1].split("\n## ", 1)[0]
+    assert "| workload | serial pandas | celerynb cmap | pandarallel | joblib | dask |" in section
+    for key, spec in peers.SPECS.items():
+        row = next((ln for ln in section.splitlines() if ln.startswith(f"| {spec.title} (")), None)
+        assert row is not None, f"no row for {key} in:\n{section}"
+        assert row.split(" | ")[1][0].isdigit(), row  # serial pandas was timed
+    assert "| **geometric mean of time / serial**" in section
+    # celerynb itself ran every workload and matched serial pandas
+    assert "celerynb cmap: failed" not in section and "celerynb cmap: RESULT" not in section
     assert "| workload | candidate | median |" in stdout
     if sys.platform.startswith("linux"):
         assert _leftovers(proc.pid) == []

@@ -242,9 +242,14 @@ def test_make_plan_picks_the_rule() -> None:
     assert planner is None and len(plan) == 8
     plan, planner = make_plan(big, workers=2, size=0, chunks=3, chunk_size=None, fixed=False)
     assert planner is None and len(plan) == 3
+    # a small input (under 64 items per worker): one chunk per worker (was 4 per worker,
+    # eight chunks of one or two rows for 10 rows: 10 ms for a tiny call)
     small = (list(range(10)),)
     plan, planner = make_plan(small, workers=2, size=0, chunks=None, chunk_size=None, fixed=False)
-    assert planner is None and len(plan) == 8
+    assert planner is None and len(plan) == 2
+    assert len(make_plan(small, 20, 0, None, None, False)[0]) == 10  # never more than items
+    assert len(make_plan((list(range(127)),), 2, 0, None, None, True)[0]) == 2
+    assert len(make_plan((list(range(128)),), 2, 0, None, None, True)[0]) == 8
     frame = pd.DataFrame({"k": [1, 1, 2, 3], "v": range(4)})
     plan, planner = make_plan((frame.groupby("k"),), 2, 0, None, None, False)
     assert planner is None and len(plan) == 3

@@ -34,7 +34,7 @@ def test_killed_child_chunk_is_rerun(own_cluster: celerynb.LocalCluster, tmp_pat
             os.kill(os.getpid(), signal.SIGKILL)  # like the OOM killer
         return [x * 2 for x in xs]
 
-    out = celerynb.cmap(die_once, list(range(16)), cluster=own_cluster, progress=False)
+    out = celerynb.cmap(die_once, list(range(16)), chunks=8, cluster=own_cluster, progress=False)
     assert marker.exists()
     assert out == [x * 2 for x in range(16)]
 
@@ -47,15 +47,19 @@ def test_poison_chunk_fails_after_bounded_attempts(own_cluster: celerynb.LocalCl
 
     started = time.monotonic()
     with pytest.raises(ChunkError, match=r"positions 2:4.*died 2 times") as info:
-        celerynb.cmap(poison, list(range(16)), cluster=own_cluster, progress=False, attempts=2)
+        celerynb.cmap(
+            poison, list(range(16)), chunks=8, cluster=own_cluster, progress=False, attempts=2
+        )
     assert time.monotonic() - started < 60
     assert info.value.chunk.start == 2
-    assert celerynb.cmap(len, [1, 2, 3], cluster=own_cluster, progress=False) == [1, 1, 1]
+    assert celerynb.cmap(len, [1, 2, 3], cluster=own_cluster, progress=False) == [1, 2]
 
 
 def test_whole_worker_killed_mid_call(own_cluster: celerynb.LocalCluster) -> None:
     assert own_cluster.worker_proc is not None
-    future = celerynb.cmap_async(_slow, list(range(16)), cluster=own_cluster, progress=False)
+    future = celerynb.cmap_async(
+        _slow, list(range(16)), chunks=8, cluster=own_cluster, progress=False
+    )
     time.sleep(1.0)
     os.killpg(own_cluster.worker_proc.pid, signal.SIGKILL)
     assert future.result(timeout=90) == list(range(16))
@@ -67,7 +71,9 @@ def test_whole_worker_killed_mid_call(own_cluster: celerynb.LocalCluster) -> Non
 
 def test_redis_killed_mid_call_fails_in_bounded_time(own_cluster: celerynb.LocalCluster) -> None:
     own_cluster.broker_timeout = 3.0
-    future = celerynb.cmap_async(_slow, list(range(16)), cluster=own_cluster, progress=False)
+    future = celerynb.cmap_async(
+        _slow, list(range(16)), chunks=8, cluster=own_cluster, progress=False
+    )
     time.sleep(0.3)
     assert own_cluster.redis_proc is not None
     own_cluster.redis_proc.kill()
@@ -91,12 +97,12 @@ def test_retries_rerun_a_raising_chunk(cluster: celerynb.LocalCluster, tmp_path:
                 raise RuntimeError("transient")
         return xs
 
-    out = celerynb.cmap(flaky, list(range(8)), retries=2, cluster=cluster, progress=False)
+    out = celerynb.cmap(flaky, list(range(8)), chunks=4, retries=2, cluster=cluster, progress=False)
     assert out == list(range(8))
     assert counter.read_text() == "3"
     counter.unlink()
     with pytest.raises(RuntimeError, match=r"chunk 0 of .*transient") as info:
-        celerynb.cmap(flaky, list(range(8)), retries=1, cluster=cluster, progress=False)
+        celerynb.cmap(flaky, list(range(8)), chunks=4, retries=1, cluster=cluster, progress=False)
     assert "retries=1" in info.value.remote_traceback
 
 

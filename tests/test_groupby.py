@@ -9,8 +9,11 @@ error message of a failing group, and an empty frame.
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import cloudpickle
@@ -22,6 +25,10 @@ from hypothesis import strategies as st
 
 import celerynb
 from celerynb import ChunkError, cmap
+from celerynb.inputs import nbytes
+from celerynb.plane import SHM_MARKER
+from celerynb.plane.keys import CallKeys
+from celerynb.planning import EARLY_BYTES, MAX_CHUNK_BYTES, make_plan
 
 # The workers cannot import this test module: ship its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -409,3 +416,61 @@ def test_filter_where_one_chunk_keeps_every_group_whole(cluster: celerynb.LocalC
     expected = grouped.apply(first_two)
     out = run(cluster, first_two, grouped, chunks=3)
     assert_same(out, expected)
+
+
+# -- the data path: shared memory, the 64 MiB limit, a big call that starts early --------------
+
+
+def _gated_total(g: pd.DataFrame, gate: str) -> float:
+    while not os.path.exists(gate):
+        time.sleep(0.01)
+    return float(g["v"].sum())
+
+
+@pytest.mark.parametrize("series", [False, True], ids=["DataFrameGroupBy", "SeriesGroupBy"])
+def test_groupby_chunks_travel_through_shared_memory(
+    cluster: celerynb.LocalCluster, tmp_path: Path, series: bool
+) -> None:
+    """Was: a groupby had no size (no ``.nbytes``), so its chunks went through Redis."""
+    assert cluster.shm is not None
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"k": rng.integers(0, 50, 400_000), "v": rng.random(400_000)})  # 6.4 MB
+    grouped = df.groupby("k")["v"] if series else df.groupby("k")
+    func = (lambda g, gate: _gated_total(g.to_frame("v"), gate)) if series else _gated_total
+    assert nbytes(grouped) == nbytes(df["v"] if series else df)
+    gate = tmp_path / "go"
+    future = celerynb.cmap_async(
+        func, grouped, kwargs={"gate": str(gate)}, chunks=8, cluster=cluster, progress=False
+    )
+    try:
+        keys = CallKeys(future.id)
+        marks = [cluster.redis.get(keys.chunk(i)) for i in range(8)]
+        assert marks == [SHM_MARKER] * 8, marks  # the keys only mark the chunks' shm files
+    finally:
+        gate.touch()
+    expected = grouped.apply(lambda g: float(g.sum() if series else g["v"].sum()))
+    assert_same(future.result(timeout=BOUND), expected)
+
+
+def test_groupby_chunks_stay_under_the_chunk_limit() -> None:
+    """Was: a multi-GB frame's groupby made the default 8 chunks, each far over 64 MiB."""
+    df = pd.DataFrame({"k": np.arange(20_000) % 1000, "v": np.arange(20_000.0)})
+    grouped = df.groupby("k")
+    plan, _ = make_plan((grouped,), 2, 20 * MAX_CHUNK_BYTES, None, None, False)
+    assert len(plan) == 20  # as many chunks as 64 MiB pieces of the data
+    small, _ = make_plan((grouped,), 2, nbytes(grouped), None, None, False)
+    assert len(small) == 8
+
+
+def test_big_groupby_starts_before_all_is_stored(cluster: celerynb.LocalCluster) -> None:
+    """A groupby of more than EARLY_BYTES starts its workers on the first chunks: the
+    first chunk runs before ``cmap_async`` has stored the last one and returned."""
+    rng = np.random.default_rng(4)
+    df = pd.DataFrame({"k": rng.integers(0, 500, 4_000_000), "v": rng.random(4_000_000)})
+    assert nbytes(df) >= EARLY_BYTES
+    grouped = df.groupby("k")
+    future = celerynb.cmap_async(total, grouped, chunks=32, cluster=cluster, progress=False)
+    returned = pd.Timestamp.now(tz="UTC")
+    assert_same(future.result(timeout=BOUND), grouped.apply(total))
+    assert future.stats()["start"].min() < returned
+    assert not cluster.redis.exists(CallKeys(future.id).open)

@@ -221,7 +221,7 @@ def test_start_detach_and_connect_without_url(
         assert all(_alive(p) for p in pids), "disconnecting leaves the detached cluster running"
         ip.run_line_magic("celerynb", "connect")
         assert celerynb.current() is not None
-        assert celerynb.cmap(len, [[1, 2], [3]], progress=False) == [1, 1]
+        assert celerynb.cmap(len, [[1, 2], [3]], chunks=2, progress=False) == [1, 1]
     finally:
         current = celerynb.current()
         if current is not None:

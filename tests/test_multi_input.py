@@ -111,7 +111,11 @@ def test_chunks_see_the_same_positions(cluster: celerynb.LocalCluster) -> None:
         return [len(xs)]
 
     sizes = run(cluster, check, list(range(N)), np.arange(N), pd.DataFrame({"p": range(N)}))
-    assert sum(sizes) == N and len(sizes) == 4 * cluster.n_workers
+    assert sum(sizes) == N and len(sizes) == cluster.n_workers  # small: one per worker
+    sizes = run(
+        cluster, check, list(range(N)), np.arange(N), pd.DataFrame({"p": range(N)}), chunks=7
+    )
+    assert sum(sizes) == N and len(sizes) == 7
 
 
 @pytest.mark.parametrize(

@@ -55,8 +55,8 @@ def expected_n_chunks(n_items: int, n_workers: int, chunking: dict[str, int]) ->
         wanted = chunking["chunks"]
     elif "chunk_size" in chunking:
         wanted = math.ceil(n_items / chunking["chunk_size"])
-    else:
-        wanted = 4 * n_workers
+    else:  # small data (under 64 items per worker): one chunk per worker
+        wanted = n_workers if n_items < 64 * n_workers else 4 * n_workers
     return max(1, min(wanted, n_items))
 
 
@@ -491,8 +491,9 @@ def test_numpy_scalar_and_tuple_per_chunk(cluster: celerynb.LocalCluster, chunks
 def test_default_chunking(cluster: celerynb.LocalCluster) -> None:
     n_workers = cluster.n_workers
     assert n_workers == 2
-    assert len(run(cluster, len, list(range(100)))) == 4 * n_workers
-    assert run(cluster, len, list(range(3))) == [1, 1, 1]  # never more chunks than items
+    assert len(run(cluster, len, list(range(100)))) == n_workers  # small: one per worker
+    assert len(run(cluster, len, list(range(200)), reduce=lambda parts: parts)) == 4 * n_workers
+    assert run(cluster, len, [1]) == [1]  # never more chunks than items
 
 
 # -- empty inputs --------------------------------------------------------------

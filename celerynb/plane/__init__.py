@@ -11,6 +11,7 @@ result is.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable
@@ -53,13 +54,20 @@ def connect(url: str, **kwargs: Any) -> redis.Redis:
     return redis.Redis.from_url(url, **options)
 
 
-def delete(client: redis.Redis, keys: Iterable[str], batch: int = 1000) -> None:
-    """Unlink ``keys`` in batches (one round trip per batch)."""
+def delete(
+    client: redis.Redis, keys: Iterable[str], batch: int = 1000, pipe: Pipeline | None = None
+) -> None:
+    """Unlink ``keys`` in batches of ``batch`` (one round trip; into ``pipe`` if given)."""
     keys = list(keys)
-    with client.pipeline(transaction=False) as pipe:
+    with (
+        client.pipeline(transaction=False)
+        if pipe is None
+        else contextlib.nullcontext(pipe) as queue
+    ):
         for start in range(0, len(keys), batch):
-            pipe.unlink(*keys[start : start + batch])
-        pipe.execute()
+            queue.unlink(*keys[start : start + batch])
+        if pipe is None:
+            queue.execute()
 
 
 class DataPlane(Protocol):
@@ -91,8 +99,8 @@ class DataPlane(Protocol):
     def drop(self, keys: CallKeys, indices: Iterable[int], results: bool) -> None:
         """Delete the files of chunks ``indices`` (and of their results, with ``results``)."""
 
-    def delete_call(self, keys: CallKeys, n_chunks: int) -> None:
-        """Delete everything the call stored."""
+    def delete_call(self, keys: CallKeys, n_chunks: int, pipe: Pipeline | None = None) -> None:
+        """Delete everything the call stored (its keys in ``pipe``, if given)."""
 
     def push_output(self, keys: CallKeys, batch: dict[str, object], cap: int) -> bool:
         """Send a batch of func's output; whether the call is still under ``cap`` bytes."""
@@ -148,7 +156,7 @@ class RedisPlane:
 
     def _dump(self, record: Record) -> bytes:
         try:
-            return codec.dumps(self.secret, record)
+            return codec.dumps(self.secret, record, record.value)
         except Exception as exc:
             return codec.dumps(self.secret, _failed(record, exc))
 
@@ -186,8 +194,8 @@ class RedisPlane:
     def drop(self, keys: CallKeys, indices: Iterable[int], results: bool) -> None:
         pass
 
-    def delete_call(self, keys: CallKeys, n_chunks: int) -> None:
-        delete(self.redis, keys.all(n_chunks))
+    def delete_call(self, keys: CallKeys, n_chunks: int, pipe: Pipeline | None = None) -> None:
+        delete(self.redis, keys.all(n_chunks), pipe=pipe)
 
     def push_output(self, keys: CallKeys, batch: dict[str, object], cap: int) -> bool:
         blob = codec.sign(self.secret, json.dumps(batch).encode())
@@ -283,8 +291,8 @@ class ShmPlane(RedisPlane):
                 names.append(keys.result_file(i))
         self.store.delete(names)
 
-    def delete_call(self, keys: CallKeys, n_chunks: int) -> None:
-        super().delete_call(keys, n_chunks)
+    def delete_call(self, keys: CallKeys, n_chunks: int, pipe: Pipeline | None = None) -> None:
+        super().delete_call(keys, n_chunks, pipe)
         self.store.delete(keys.files(n_chunks))
 
 

@@ -90,9 +90,72 @@ def verify(secret: str, blob: bytes | bytearray | memoryview) -> memoryview:
     return body
 
 
-def dumps(secret: str, obj: object) -> bytes:
-    """Cloudpickle ``obj`` (protocol 5) and sign it."""
-    return sign(secret, cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+_OWN = object()
+
+
+def dumps(secret: str, obj: object, value: object = _OWN) -> bytes:
+    """Pickle ``obj`` (protocol 5) and sign it: with plain pickle, twice as fast, when
+    ``obj`` is plain data (see :func:`plain`; ``value``: the value ``obj`` wraps, a
+    record's, to look at instead), with cloudpickle otherwise."""
+    fast = plain(obj if value is _OWN else value)
+    return sign(secret, (pickle if fast else cloudpickle).dumps(obj, protocol=5))
+
+
+_PLAIN_KINDS = frozenset("biufcmM")  # NumPy dtype kinds that hold no Python objects
+_PLAIN_LABELS = (str, int, float, bool, type(None))
+
+
+def plain(obj: object) -> bool:
+    """Whether ``obj`` holds nothing that cloudpickle would pickle differently from
+    pickle (by value): scalars, and NumPy arrays, pandas Series and DataFrames of
+    numbers, booleans, dates, strings or pandas' own types, with labels of those and
+    no ``attrs``. Anything else (object columns, MultiIndexes, ...) is not looked into."""
+    if obj is None or type(obj) in _PLAIN_LABELS or type(obj) is bytes:
+        return True
+    np, pd = sys.modules.get("numpy"), sys.modules.get("pandas")
+    data: Any = obj
+    if np is not None and type(obj) is np.ndarray:
+        return data.dtype.kind in _PLAIN_KINDS
+    if pd is None:
+        return False
+    if type(obj) is pd.Series:
+        return (
+            not data.attrs
+            and _plain_dtype(data.dtype)
+            and _plain_axis(data.index)
+            and type(data.name) in _PLAIN_LABELS
+        )
+    if type(obj) is pd.DataFrame:
+        blocks = getattr(getattr(data, "_mgr", None), "blocks", None)
+        return (
+            blocks is not None
+            and not data.attrs
+            and all(_plain_dtype(b.dtype) for b in blocks)
+            and _plain_axis(data.index)
+            and _plain_axis(data.columns)
+        )
+    return False
+
+
+def _plain_dtype(dtype: Any) -> bool:
+    pd = sys.modules["pandas"]
+    if isinstance(dtype, pd.CategoricalDtype):
+        return _plain_axis(dtype.categories)
+    module = type(dtype).__module__.partition(".")[0]
+    if module == "numpy":
+        return bool(dtype.kind in _PLAIN_KINDS)
+    return module == "pandas"
+
+
+def _plain_axis(index: Any) -> bool:
+    pd = sys.modules["pandas"]
+    if type(index) is pd.RangeIndex:
+        return type(index.name) in _PLAIN_LABELS
+    if isinstance(index, pd.MultiIndex) or type(index.name) not in _PLAIN_LABELS:
+        return False
+    if index.dtype == object:
+        return bool(index.inferred_type in ("string", "empty"))
+    return _plain_dtype(index.dtype)
 
 
 def loads(secret: str, blob: bytes | bytearray | memoryview) -> Any:
