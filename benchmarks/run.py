@@ -56,6 +56,13 @@ COLD_FIRST = "first"
 MEMORY = "W3mem"
 
 
+SECTIONS = ("elastic", "streaming", "peers")  # the sections after the main table
+
+
+class Skip(Exception):
+    """A section left out with --sections."""
+
+
 _T0 = time.perf_counter()
 QUICK_COLD = ("serial", "cmap", "pool")  # --quick: fresh-process runs of these only
 
@@ -558,6 +565,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections after the main table (default all): {','.join(SECTIONS)}",
+    )
+    parser.add_argument(
         "--only",
         help=f"comma-separated candidates (default all): {','.join(BY_NAME)}",
     )
@@ -572,6 +584,9 @@ def main(argv: list[str] | None = None) -> int:
     heavy = args.heavy_repeats or (1 if quick else 3)
     cold_repeats = args.cold_repeats or (1 if quick else 3)
     names = args.only.split(",") if args.only else [c.name for c in ALL]
+    sections = set(args.sections.split(",")) if args.sections else set()
+    if sections - set(SECTIONS):
+        raise SystemExit(f"unknown sections {sorted(sections - set(SECTIONS))}: {SECTIONS}")
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
         raise SystemExit(f"unknown candidates {unknown}; choose from {list(BY_NAME)}")
@@ -638,32 +653,44 @@ def main(argv: list[str] | None = None) -> int:
         order = [c for c in runnable if c in live]
         run_warm(order, workloads, repeats, heavy, results)
 
-    log("elastic scale-out: celerynb workers that join mid-call")
     scaling: dict[str, list[float]] = {}
-    scaling_text = ""
+    scaling_text = "not run (--sections)"
     try:
+        if "elastic" not in sections:
+            raise Skip
+        log("elastic scale-out: celerynb workers that join mid-call")
         scaling = elastic.run(quick, 1 if quick else heavy, log)
         scaling_text = elastic.table(scaling, *elastic.size(quick))
+    except Skip:
+        pass
     except Exception as exc:
         scaling_text = f"failed: {type(exc).__name__}: {exc}"
         log(f"  elastic: FAILED {exc!r}")
 
-    log("data bigger than memory: a CSV read in chunks")
     streams: dict[str, dict[str, list[dict[str, float]]]] = {}
-    streams_text = ""
+    streams_text = "not run (--sections)"
     try:
+        if "streaming" not in sections:
+            raise Skip
+        log("data bigger than memory: a CSV read in chunks")
         streams = streaming.run(quick, args.workers, log=log)
         streams_text = streaming.table(streams)
+    except Skip:
+        pass
     except Exception as exc:
         streams_text = f"failed: {type(exc).__name__}: {exc}"
         log(f"  streaming: FAILED {exc!r}")
 
-    log("pandarallel's documented workloads")
     documented: peers.Section | None = None
-    documented_text = ""
+    documented_text = "not run (--sections)"
     try:
+        if "peers" not in sections:
+            raise Skip
+        log("pandarallel's documented workloads")
         documented = peers.run(quick, args.workers, heavy, log)
         documented_text = peers.table(documented, heavy, args.workers)
+    except Skip:
+        pass
     except Exception as exc:
         documented_text = f"failed: {type(exc).__name__}: {exc}"
         log(f"  peers: FAILED {exc!r}")

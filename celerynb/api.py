@@ -11,6 +11,7 @@ from . import durable
 from .call import Call, CallState, finished_call
 from .cluster import Cluster, default_cluster
 from .errors import ClusterError
+from .fingerprint import fingerprint
 from .future import MapFuture
 from .groupby import GroupApply
 from .inputs import check_inputs, is_groupby, kind_of, warn_if_misaligned
@@ -134,7 +135,7 @@ def _named(
             "groupbys and iterators cannot be named yet: run them without name="
         )
     target = durable.target(cluster)
-    fp = durable.fingerprint(func, inputs, opts)
+    fp = fingerprint(func, inputs, opts)
     found = durable.lookup(target, name)
     if found is None:
         return target, fp, None

@@ -13,20 +13,14 @@ does not bring it (another driver may pop it).
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import hashlib
 import html
-import inspect
 import json
-import textwrap
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from types import CodeType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import cloudpickle
 import redis
 
 from .errors import ChunkInfo, ClusterError
@@ -36,86 +30,11 @@ from .plane import delete
 from .plane.keys import REDUCED, TTL, CallKeys, calls_key, names_key
 
 if TYPE_CHECKING:
+    from redis.client import Pipeline
+
+    from .call import Call
     from .cluster.connection import Cluster
     from .future import MapFuture
-
-
-# -- what identifies a call -----------------------------------------------------------------------
-def _code_digest(code: CodeType, h: Any) -> None:
-    h.update(code.co_code)
-    h.update(repr((code.co_names, code.co_varnames, code.co_freevars)).encode())
-    for const in code.co_consts:
-        if isinstance(const, CodeType):
-            _code_digest(const, h)
-        else:
-            h.update(repr(const).encode())
-
-
-def _source(func: object) -> bytes | None:
-    """The function's source as a syntax tree (comments and layout aside); None if its
-    source is not to be had (``python -c``, a C function)."""
-    try:
-        text = textwrap.dedent(inspect.getsource(func))  # type: ignore[arg-type]
-    except (OSError, TypeError):
-        return None
-    try:
-        return ast.dump(ast.parse(text), annotate_fields=False).encode()
-    except SyntaxError:  # a lambda in the middle of an expression
-        return text.encode()
-
-
-def _func_digest(func: object, h: Any) -> None:
-    """The function's source (else its bytecode), not its pickle: that names the kernel's
-    cell files, and bytecode differs with where the imports were compiled."""
-    target = getattr(func, "func", func)  # functools.partial
-    code = getattr(target, "__code__", None)
-    h.update(f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', '')}".encode())
-    if code is not None:
-        source = _source(target)
-        if source is not None:
-            h.update(source)
-        else:
-            _code_digest(code, h)
-        for cell in getattr(target, "__closure__", None) or ():
-            try:
-                h.update(cloudpickle.dumps(cell.cell_contents))
-            except Exception:
-                h.update(repr(type(cell.cell_contents)).encode())
-        h.update(cloudpickle.dumps(getattr(target, "__defaults__", None)))
-    else:
-        h.update(cloudpickle.dumps(target))
-    if target is not func:
-        h.update(cloudpickle.dumps((func.args, func.keywords)))  # type: ignore[attr-defined]
-
-
-def _data_digest(data: object, h: Any) -> None:
-    from .inputs import _numpy, _pandas
-
-    pd, np = _pandas(), _numpy()
-    if pd is not None and isinstance(data, pd.DataFrame | pd.Series | pd.Index):
-        h.update(repr((type(data).__name__, data.shape, getattr(data, "dtypes", None))).encode())
-        if isinstance(data, pd.DataFrame):
-            h.update(repr(list(data.columns)).encode())
-        h.update(pd.util.hash_pandas_object(data, index=True).to_numpy().tobytes())
-    elif np is not None and isinstance(data, np.ndarray):
-        h.update(repr((data.dtype.str, data.shape)).encode())
-        h.update(memoryview(np.ascontiguousarray(data)).cast("B"))
-    else:
-        h.update(cloudpickle.dumps(data))
-
-
-def fingerprint(func: object, inputs: tuple[object, ...], opts: CallOptions) -> str:
-    """A digest of the function (its source), the reducer, the extra arguments and the data:
-    equal when the same cell runs again in a fresh kernel."""
-    h = hashlib.blake2b(digest_size=16)
-    for f in (func, opts.reduce):
-        if f is not None:
-            _func_digest(f, h)
-    extra = (opts.args, opts.kwargs, opts.overlap) if opts.overlap else (opts.args, opts.kwargs)
-    h.update(cloudpickle.dumps(extra))
-    for data in inputs:
-        _data_digest(data, h)
-    return h.hexdigest()
 
 
 # -- a call as the store describes it -------------------------------------------------------------
@@ -146,7 +65,7 @@ class StoredPlan:
         start, stop = self.bounds[index]
         return ChunkInfo(index, len(self), start, stop)
 
-    def join(self, parts: list[Any]) -> Any:
+    def join(self, parts: list[object]) -> object:
         return join(parts)
 
 
@@ -221,12 +140,12 @@ def describe(
     return fields
 
 
-def register(pipe: Any, keys: CallKeys, queue: str, fields: dict[str, str]) -> None:
+def register(pipe: Pipeline, keys: CallKeys, queue: str, fields: dict[str, str]) -> None:
     """Queue the commands that describe a starting call, list it (and name it). The list
     is scored by when a call's description expires at the latest; those past go."""
     ttl = max(TTL, int(fields.get("keep", 0)))
     now = time.time()
-    pipe.hset(keys.meta, mapping=fields)
+    pipe.hset(keys.meta, items=[x for pair in fields.items() for x in pair])
     pipe.expire(keys.meta, ttl)
     pipe.zremrangebyscore(calls_key(queue), "-inf", now)
     pipe.zadd(calls_key(queue), {keys.call: now + ttl})
@@ -402,18 +321,29 @@ def drop(cluster: Cluster, call: str, name: str | None = None) -> None:
         client.hdel(names_key(queue), name)
 
 
-def finish(
-    pipe: Any, keys: CallKeys, queue: str, state: str, error: str, keep: float, n_chunks: int
-) -> None:
-    """Queue what a named call's end writes: its state, kept ``keep`` s; its records and
-    results too if it finished (else they go)."""
+def finish(client: redis.Redis, keys: CallKeys, queue: str, call: Call, keep: float) -> None:
+    """A named call's end: its state kept ``keep`` s; its records and results too if it
+    finished (else they go), and nothing else of it."""
     ttl = max(1, int(keep))
-    pipe.hset(keys.meta, mapping={"state": state, "error": error, "ended": repr(time.time())})
+    error = str(call.error).splitlines()[0] if call.error is not None else ""
+    pipe = client.pipeline(transaction=False)
+    fields = {"state": call.state.value, "error": error, "ended": repr(time.time())}
+    pipe.hset(keys.meta, items=[x for pair in fields.items() for x in pair])
     pipe.expire(keys.meta, ttl)
     pipe.zadd(calls_key(queue), {keys.call: time.time() + ttl})
-    results = [keys.result(i) for i in [*range(n_chunks), REDUCED]]
-    if state == "finished":
+    results = [keys.result(i) for i in [*range(call.n_chunks), REDUCED]]
+    if call.state.value == "finished":
         for key in [keys.records, *results]:
             pipe.expire(key, ttl)
     else:
         pipe.unlink(keys.records, *results)
+    kept = {keys.meta, keys.records, *results}
+    pipe.unlink(*[k for k in keys.all(call.n_chunks) if k not in kept])
+    pipe.execute()
+
+
+def kept_records(client: redis.Redis, keys: CallKeys, wanted: list[int]) -> list[bytes]:
+    """A named call's records of chunks ``wanted`` that are in the store (they came before
+    this driver attached, or another driver popped them from the done list)."""
+    found = client.hmget(keys.records, wanted) if wanted else []
+    return [b for b in found if isinstance(b, bytes)]

@@ -161,12 +161,13 @@ class MapFuture(concurrent.futures.Future[Any]):
         return self._call.state is CallState.CANCELLED
 
     # -- reprs ------------------------------------------------------------------------------------
+    def _facts(self) -> tuple[str, str]:
+        call, snap = self._call, self._call.snapshot()
+        done = f"{snap.items_done}/{call.n_items} items, {snap.elapsed:.1f} s"
+        return call.state.value, f"{call.progress_text()}, {done}"
+
     def __repr__(self) -> str:
-        call = self._call
-        return (
-            f"<MapFuture {call.state.value}: {call.progress_text()}, "
-            f"{call.snapshot().items_done}/{call.n_items} items, {self.elapsed:.1f} s>"
-        )
+        return "<MapFuture {}: {}>".format(*self._facts())
 
     def _repr_mimebundle_(self, **kwargs: object) -> dict[str, Any]:
         """In a notebook, a displayed handle is another live view of its progress widget."""
@@ -176,12 +177,12 @@ class MapFuture(concurrent.futures.Future[Any]):
         return bundle
 
     def _repr_html_(self) -> str:
-        call = self._call
-        colour = {CallState.FINISHED: "success", CallState.RUNNING: "brand"}
-        snap = call.snapshot()
+        (state, facts), call = self._facts(), self._call
+        colour = {CallState.FINISHED: "success", CallState.RUNNING: "brand"}.get(
+            call.state, "error"
+        )
         return (
             "<div style='color:var(--jp-ui-font-color1)'><b>MapFuture</b> "
-            f"<span style='color:var(--jp-{colour.get(call.state, 'error')}-color1)'>"
-            f"{html.escape(call.state.value)}</span>: {html.escape(call.progress_text())}, "
-            f"{snap.items_done}/{call.n_items} items, {snap.elapsed:.1f} s</div>"
+            f"<span style='color:var(--jp-{colour}-color1)'>{html.escape(state)}</span>: "
+            f"{html.escape(facts)}</div>"
         )

@@ -17,15 +17,50 @@ pandas internals used (as pandas 3 has them): ``_grouper`` (``ids``,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, TypeAlias, cast
 
 from .errors import ChunkInfo
 from .inputs import nbytes, numpy, pandas
 from .plane import INLINE
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    from numpy.typing import NDArray
+
+    Frame: TypeAlias = pd.DataFrame | pd.Series
+    Positions: TypeAlias = NDArray[np.intp]
+
+
+class Grouper(Protocol):
+    """What is used of a groupby's grouper (pandas 3's ``groupby._grouper``)."""
+
+    @property
+    def ids(self) -> Positions: ...  # each row's group number (-1: left out)
+    @property
+    def ngroups(self) -> int: ...
+    @property
+    def result_ilocs(self) -> Positions: ...  # the kept rows, in group order
+    @property
+    def result_index(self) -> pd.Index: ...  # the groups' keys
+
+
+class Grouped(Protocol):
+    """What is used of a pandas DataFrameGroupBy / SeriesGroupBy (pandas 3)."""
+
+    @property
+    def obj(self) -> Frame: ...
+    @property
+    def _grouper(self) -> Grouper: ...
+    @property
+    def _obj_with_exclusions(self) -> Frame: ...  # what apply splits
+    def _wrap_applied_output(
+        self, data: Frame, values: list[object], not_indexed_same: bool, is_transform: bool
+    ) -> object: ...  # apply's assembly of the groups' results
 
 
 @dataclass(frozen=True)
@@ -33,9 +68,9 @@ class GroupChunk:
     """Whole groups for one chunk: their rows in group order, where each group starts
     (``starts[j]:starts[j + 1]``), and their keys (a slice of the groupby's result index)."""
 
-    data: Any
-    starts: Any
-    keys: Any
+    data: Frame
+    starts: Positions
+    keys: pd.Index
 
 
 @dataclass(frozen=True)
@@ -45,11 +80,11 @@ class GroupResults:
     same order), and whether any result was not indexed like its group (``mutated``:
     then ``apply`` does not put the rows back in their original order)."""
 
-    keys: Any
-    values: list[Any]
+    keys: pd.Index
+    values: list[object]
     mutated: bool
 
-    def items(self) -> Iterator[tuple[Any, Any]]:
+    def items(self) -> Iterator[tuple[object, object]]:
         """``(key, result)`` for each group of the chunk."""
         return zip(self.keys, self.values, strict=True)
 
@@ -64,29 +99,30 @@ class GroupResults:
                 break
         return total
 
-    def __reduce__(self) -> tuple[Any, ...]:
+    def __reduce__(self) -> tuple[object, ...]:
         return (_unpack, (self.keys, _pack(self.values), self.mutated))
 
 
-def _pack(values: list[Any]) -> Any:
+def _pack(values: list[object]) -> object:
     """NumPy scalars of one dtype (a scalar per group) as one array: pickling 100,000
     scalars one by one takes a quarter of a second."""
     np = numpy()
     first = values[0] if values else None
+    dtype = getattr(first, "dtype", None) if isinstance(first, np.generic) else None
     if (
-        isinstance(first, np.generic)
-        and first.dtype.kind in "biufcmM"
-        and all(type(v) is type(first) and v.dtype == first.dtype for v in values)
+        dtype is not None
+        and dtype.kind in "biufcmM"
+        and all(type(v) is type(first) and getattr(v, "dtype", None) == dtype for v in values)
     ):
-        return np.array(values, dtype=first.dtype)
+        return np.array(values, dtype=dtype)
     return values
 
 
-def _unpack(keys: Any, values: Any, mutated: bool) -> GroupResults:
+def _unpack(keys: pd.Index, values: Iterable[object], mutated: bool) -> GroupResults:
     return GroupResults(keys, list(values), mutated)
 
 
-def _indexed_like(result: Any, axes: list[Any]) -> bool:
+def _indexed_like(result: object, axes: list[pd.Index]) -> bool:
     """Whether ``result`` keeps its group's row index (pandas then restores the row order)."""
     pd = pandas()
     if isinstance(result, pd.DataFrame):
@@ -100,16 +136,16 @@ def _indexed_like(result: Any, axes: list[Any]) -> bool:
 class GroupApply:
     """What the workers call on a :class:`GroupChunk`: ``func`` on each group, named by its key."""
 
-    func: Callable[..., Any]
+    func: Callable[..., object]
 
     @classmethod
-    def of(cls, grouped: Any, func: Callable[..., Any]) -> GroupApply:
+    def of(cls, grouped: object, func: Callable[..., object]) -> GroupApply:
         """The per-group wrapper of ``func`` for ``grouped`` (the groups travel in chunks)."""
         return cls(func)
 
     def __call__(self, chunk: GroupChunk, *args: object, **kwargs: object) -> GroupResults:
-        values, mutated = [], False
-        data = chunk.data
+        values: list[object] = []
+        mutated, data = False, chunk.data
         for key, start, stop in zip(chunk.keys, chunk.starts[:-1], chunk.starts[1:], strict=True):
             group = data.iloc[start:stop]
             object.__setattr__(group, "name", key)  # as pandas names a group (a Series' name)
@@ -124,7 +160,7 @@ class GroupApply:
         return GroupResults(chunk.keys, values, mutated)
 
 
-def _cuts(sizes: Any, ends: Any, n: int) -> list[int]:
+def _cuts(sizes: Positions, ends: Positions, n: int) -> list[int]:
     """Where the chunks of groups start (and the groups' end), for at most ``n`` chunks.
 
     Cut before group g when the current chunk is full (to the nearest group) for an
@@ -160,14 +196,15 @@ class GroupPlan:
     a group larger than that is a chunk of its own.
     """
 
-    grouped: Any
+    grouped: Grouped
     groups: tuple[tuple[int, int], ...]  # group numbers start:stop of each chunk
-    order: Any  # the positions of the grouped rows in group order (pandas' own)
-    ends: Any  # group g is order[ends[g]:ends[g + 1]]
+    order: Positions  # the positions of the grouped rows in group order (pandas' own)
+    ends: Positions  # group g is order[ends[g]:ends[g + 1]]
 
     @classmethod
-    def make(cls, grouped: Any, n_chunks: int) -> GroupPlan:
+    def make(cls, groupby: object, n_chunks: int) -> GroupPlan:
         np = numpy()
+        grouped = cast(Grouped, groupby)
         grouper = grouped._grouper
         n_groups = grouper.ngroups
         sizes = np.bincount(grouper.ids + 1, minlength=n_groups + 1)[1:]  # (-1: dropped NaN)
@@ -177,7 +214,7 @@ class GroupPlan:
         return cls(grouped, tuple(pairwise(cuts)), order, ends)
 
     @property
-    def data(self) -> Any:
+    def data(self) -> Frame:
         return self.grouped.obj
 
     @property
@@ -189,17 +226,17 @@ class GroupPlan:
         return len(self.groups)
 
     @property
-    def rows(self) -> tuple[Any, ...]:
+    def rows(self) -> tuple[Positions, ...]:
         """The row positions of each chunk, in group order."""
         return tuple(self.order[self.ends[a] : self.ends[b]] for a, b in self.groups)
 
     @cached_property
-    def _applied_to(self) -> Any:
+    def _applied_to(self) -> Frame:
         """What ``apply`` splits: the grouped object without its grouping columns."""
         return self.grouped._obj_with_exclusions
 
     @cached_property
-    def _sorted_index(self) -> Any:
+    def _sorted_index(self) -> pd.Index:
         """The index of the rows in group order, as ``apply`` takes them."""
         return self._applied_to.index.take(self.grouped._grouper.result_ilocs)
 
@@ -218,11 +255,11 @@ class GroupPlan:
         return int(self.ends[b] - self.ends[a])
 
     @property
-    def labels(self) -> list[tuple[Any, Any]]:
+    def labels(self) -> list[tuple[object, object]]:
         """The first and last group key of each chunk (None for a chunk of no groups)."""
         return [self._ends(i) for i in range(len(self))]
 
-    def _ends(self, index: int) -> tuple[Any, Any]:
+    def _ends(self, index: int) -> tuple[object, object]:
         start, stop = self.groups[index]
         keys = self.grouped._grouper.result_index
         return (keys[start], keys[stop - 1]) if stop > start else (None, None)
@@ -231,8 +268,10 @@ class GroupPlan:
         (start, stop), (first, last) = self.groups[index], self._ends(index)
         return ChunkInfo(index, len(self), start, stop, first, last, True, "groups")
 
-    def join(self, parts: list[GroupResults]) -> Any:
-        """pandas' own assembly of every group's result, as the whole ``apply`` makes it."""
-        values = [v for part in parts for v in part.values]
-        mutated = any(part.mutated for part in parts)
+    def join(self, parts: list[object]) -> object:
+        """pandas' own assembly of every group's result (``parts``: a chunk's
+        :class:`GroupResults` each), as the whole ``apply`` makes it."""
+        results = cast("list[GroupResults]", parts)
+        values = [v for part in results for v in part.values]
+        mutated = any(part.mutated for part in results)
         return self.grouped._wrap_applied_output(self._applied_to, values, mutated, False)

@@ -22,11 +22,19 @@ comes back as a list with one entry per chunk.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import chain, pairwise
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 from .errors import ReductionWarning, warn_at_caller
-from .inputs import _numpy, _pandas, numpy, pandas
+from .inputs import _numpy, _pandas
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    from pandas.api.extensions import ExtensionArray
+
+    Frame: TypeAlias = pd.DataFrame | pd.Series
 
 Category = Literal[
     "DataFrame", "Series", "Index", "extension", "ndarray", "list", "tuple", "range", "other"
@@ -55,7 +63,7 @@ def _category(value: object) -> Category:
     return "other"
 
 
-def join(parts: list[Any], source: Any = None) -> Any:
+def join(parts: Sequence[object], source: pd.Index | None = None) -> Any:
     """Join the chunks' results in order (see the module docstring for the rule).
 
     ``source``: the index of the data the chunks were cut from by position, if any
@@ -74,46 +82,48 @@ def join(parts: list[Any], source: Any = None) -> Any:
         )
     kind = categories[0] if categories else "other"
     if kind in ("DataFrame", "Series"):
+        frames = cast("list[Frame]", parts)
         if source is not None:
-            warn_if_reduced([p.index for p in parts], source)
-        out = _join_frames(parts)
+            warn_if_reduced([p.index for p in frames], source)
+        out = _join_frames(frames)
         if source is not None:
-            out.index = serial_freq(out.index, source, [p.index for p in parts])
+            out.index = serial_freq(out.index, source, [p.index for p in frames])
         return out
     if kind == "Index":
-        out = _join_indexes(parts)
-        return out if source is None else serial_freq(out, source, parts)
+        indexes = cast("list[pd.Index]", parts)
+        joined = _join_indexes(indexes)
+        return joined if source is None else serial_freq(joined, source, indexes)
     if kind == "extension":
-        return _join_extension_arrays(parts)
+        return _join_extension_arrays(cast("list[ExtensionArray]", parts))
     if kind == "ndarray":
-        return _join_arrays(parts)
-    if kind == "list":
-        return list(chain.from_iterable(parts))
-    if kind == "tuple":
-        return tuple(chain.from_iterable(parts))
+        return _join_arrays(cast("list[np.ndarray]", parts))
+    if kind in ("list", "tuple"):
+        items = list(chain.from_iterable(cast("list[list[object]]", parts)))
+        return items if kind == "list" else tuple(items)
     if kind == "range":
-        return _join_ranges(parts)
+        return _join_ranges(cast("list[range]", parts))
     return list(parts)
 
 
 # -- pandas ------------------------------------------------------------------------------------
 
 
-def _numbered_afresh(indexes: list[Any]) -> bool:
+def _numbered_afresh(indexes: Sequence[pd.Index]) -> bool:
     """Every index is a RangeIndex from 0 by 1 and at least two are not empty: func numbered
     each chunk's rows afresh (a positional slice of the data's own index cannot do that)."""
-    pd = pandas()
+    import pandas as pd
+
     fresh = all(isinstance(ix, pd.RangeIndex) and ix.start == 0 and ix.step == 1 for ix in indexes)
     return fresh and sum(len(ix) > 0 for ix in indexes) > 1
 
 
-def _common(values: list[Any]) -> Any:
+def _common(values: Sequence[object]) -> object:
     """The first value if every value is the same (None otherwise)."""
     first = values[0]
     return first if all(same_value(v, first) for v in values[1:]) else None
 
 
-def _keep_dtype(out: Any, indexes: list[Any]) -> Any:
+def _keep_dtype(out: pd.Index, indexes: Sequence[pd.Index]) -> pd.Index:
     """``out`` (the indexes appended) in their common dtype, which appending may re-infer
     (pandas-dev/pandas#60159: object labels come back as str or int64)."""
     dtype = indexes[0].dtype
@@ -122,35 +132,38 @@ def _keep_dtype(out: Any, indexes: list[Any]) -> Any:
     return out
 
 
-def _join_indexes(parts: list[Any]) -> Any:
-    pd = pandas()
+def _join_indexes(parts: list[pd.Index]) -> pd.Index:
+    import pandas as pd
+
     if _numbered_afresh(parts):
         return pd.RangeIndex(sum(len(p) for p in parts), name=_common([p.name for p in parts]))
     return _keep_dtype(parts[0].append(parts[1:]), parts)
 
 
-def _join_frames(parts: list[Any]) -> Any:
-    pd = pandas()
+def _join_frames(parts: list[Frame]) -> Frame:
+    import pandas as pd
+
     attrs = [p.attrs for p in parts]
     if any(attrs):  # pandas compares attrs with ==, which arrays in them break (#59196)
         parts = [p.copy(deep=False) for p in parts]
         for p in parts:
             p.attrs = {}
     indexes = [p.index for p in parts]
+    out: Frame
     if _numbered_afresh(indexes):
-        out = pd.concat(parts, ignore_index=True)
+        out = pd.concat(cast("list[pd.DataFrame]", parts), ignore_index=True)
         out.index = pd.RangeIndex(len(out), name=_common([ix.name for ix in indexes]))
     else:
-        out = pd.concat(parts)
+        out = pd.concat(cast("list[pd.DataFrame]", parts))  # (or every part a Series)
         out.index = _keep_dtype(out.index, indexes)
     if all(attrs):
         common = _common(attrs)
-        if common is not None:
+        if isinstance(common, dict):
             out.attrs = common
     return out
 
 
-def serial_freq(out: Any, source: Any, indexes: list[Any]) -> Any:
+def serial_freq(out: pd.Index, source: pd.Index, indexes: Sequence[pd.Index]) -> pd.Index:
     """``out`` (joined datetime-like labels) with the ``freq`` a serial run gives them.
 
     pandas keeps ``freq`` through a positional take of evenly spaced rows (a filter
@@ -158,14 +171,16 @@ def serial_freq(out: Any, source: Any, indexes: list[Any]) -> Any:
     spacing without one. When every piece kept a ``freq`` and the joined labels are
     rows of ``source`` at evenly spaced positions, this sets the serial ``freq``.
     """
-    pd, np = pandas(), numpy()
+    import numpy as np
+    import pandas as pd
+
     freq = getattr(source, "freq", None)
     if (
         freq is None
         or not isinstance(out, pd.DatetimeIndex | pd.TimedeltaIndex)
         or out.freq is not None
         or len(out) < 2
-        or any(ix.freq is None for ix in indexes if len(ix))
+        or any(getattr(ix, "freq", None) is None for ix in indexes if len(ix))
     ):
         return out
     positions = source.get_indexer(out)
@@ -175,7 +190,7 @@ def serial_freq(out: Any, source: Any, indexes: list[Any]) -> Any:
     return type(out)(out, freq=freq * int(steps[0]))
 
 
-def warn_if_reduced(indexes: list[Any], source: Any, limit: int = 1_000_000) -> None:
+def warn_if_reduced(indexes: Sequence[pd.Index], source: pd.Index, limit: int = 1_000_000) -> None:
     """A :class:`ReductionWarning` when the parts' indexes repeat, across chunks, labels
     that ``source`` does not have: ``func`` reduced each chunk. Parts whose labels rise
     from one part to the next (row-wise results of sorted data) cannot repeat any and
@@ -204,7 +219,7 @@ def warn_if_reduced(indexes: list[Any], source: Any, limit: int = 1_000_000) -> 
     )
 
 
-def _rising(indexes: list[Any]) -> bool:
+def _rising(indexes: Sequence[pd.Index]) -> bool:
     """Whether the labels rise through ``indexes`` (each sorted, each after the last)."""
     try:
         return all(ix.is_monotonic_increasing for ix in indexes) and all(
@@ -214,36 +229,41 @@ def _rising(indexes: list[Any]) -> bool:
         return False
 
 
-def _join_extension_arrays(parts: list[Any]) -> Any:
+def _join_extension_arrays(parts: list[ExtensionArray]) -> ExtensionArray:
     dtype = parts[0].dtype
     if all(type(p) is type(parts[0]) and p.dtype == dtype for p in parts):
-        return type(parts[0])._concat_same_type(parts)
-    pd = pandas()  # a common dtype, found as pandas finds it for Series
-    return pd.concat([pd.Series(p, copy=False) for p in parts], ignore_index=True).array
+        same: Any = type(parts[0])  # (_concat_same_type: the pandas extension interface)
+        return cast("ExtensionArray", same._concat_same_type(parts))
+    import pandas as pd  # a common dtype, found as pandas finds it for Series
+
+    joined = pd.concat([pd.Series(p, copy=False) for p in parts], ignore_index=True)
+    return cast("ExtensionArray", joined.array)
 
 
 # -- NumPy and sequences -----------------------------------------------------------------------
 
 
-def _join_arrays(parts: list[Any]) -> Any:
+def _join_arrays(parts: list[np.ndarray]) -> np.ndarray:
     shapes = {p.shape[1:] for p in parts}
     if len(shapes) > 1:
         raise ValueError(
             f"chunk results have different trailing shapes {sorted(shapes)}: "
             "func must return arrays that agree on every axis but the first"
         )
-    np = numpy()
+    import numpy as np
+
     first = parts[0]
     same_dtype = all(p.dtype == first.dtype for p in parts)
-    if any(isinstance(p, np.ma.MaskedArray) for p in parts):
-        out = np.ma.concatenate(parts, axis=0)
-        if same_dtype and out.dtype != first.dtype:
-            out = out.astype(first.dtype)
-        if all(isinstance(p, np.ma.MaskedArray) for p in parts):
-            fill = _common([p.fill_value for p in parts])
-            if fill is not None:
-                out.fill_value = fill
-        return out
+    masked = [p for p in parts if isinstance(p, np.ma.MaskedArray)]
+    if masked:
+        joined = cast("np.ma.MaskedArray", np.ma.concatenate(parts, axis=0))
+        if same_dtype and joined.dtype != first.dtype:
+            joined = cast("np.ma.MaskedArray", joined.astype(first.dtype))
+        if len(masked) == len(parts):
+            fill = _common([p.fill_value for p in masked])  # (a NumPy scalar)
+            if isinstance(fill, np.generic):
+                joined.fill_value = fill
+        return joined
     if same_dtype and all(type(p) is type(first) for p in parts):
         # into an array like the first part: its dtype as is (byte order too) and subclass
         out = np.empty_like(first, shape=(sum(len(p) for p in parts), *first.shape[1:]))
@@ -251,7 +271,7 @@ def _join_arrays(parts: list[Any]) -> Any:
     return np.concatenate(parts, axis=0)
 
 
-def _join_ranges(parts: list[range]) -> range | list[Any]:
+def _join_ranges(parts: list[range]) -> range | list[int]:
     filled = [r for r in parts if len(r)]
     if not filled:
         return parts[0]
@@ -266,7 +286,7 @@ def _join_ranges(parts: list[range]) -> range | list[Any]:
 # -- comparing values (attrs, fill values) -------------------------------------------------------
 
 
-def same_value(a: Any, b: Any) -> bool:
+def same_value(a: object, b: object) -> bool:
     """Whether ``a`` and ``b`` hold the same value: arrays and frames compare whole, NaN
     equals NaN, and values that cannot be compared are not the same."""
     if a is b:
@@ -275,13 +295,13 @@ def same_value(a: Any, b: Any) -> bool:
         return False
     pd, np = _pandas(), _numpy()
     try:
-        if isinstance(a, dict):
+        if isinstance(a, dict) and isinstance(b, dict):
             return bool(a.keys() == b.keys()) and all(same_value(a[k], b[k]) for k in a)
-        if isinstance(a, list | tuple):
+        if isinstance(a, list | tuple) and isinstance(b, list | tuple):
             return len(a) == len(b) and all(map(same_value, a, b))
         if pd is not None and isinstance(a, pd.DataFrame | pd.Series | pd.Index):
             return bool(a.equals(b))
-        if np is not None and isinstance(a, np.ndarray):
+        if np is not None and isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
             nan = a.dtype.kind in "fcmM"
             return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=nan))
         return bool(a == b) or bool(a != a and b != b)  # NaN

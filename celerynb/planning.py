@@ -22,9 +22,9 @@ override both rules.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Protocol, cast
 
 from .errors import ChunkInfo
 from .groupby import GroupPlan
@@ -45,7 +45,7 @@ class ChunkPlan(Protocol):
     """How one call's input is cut: what chunk ``i`` is, where it sits, how to join."""
 
     @property
-    def data(self) -> Any:
+    def data(self) -> object:
         """The first input (its index labels name the chunks)."""
 
     @property
@@ -60,7 +60,7 @@ class ChunkPlan(Protocol):
 
     def info(self, index: int) -> ChunkInfo: ...
 
-    def join(self, parts: list[Any]) -> Any: ...
+    def join(self, parts: list[object]) -> object: ...
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -98,11 +98,11 @@ def n_chunks_for(
     return max(1, min(wanted, n_items))
 
 
-def _slice(data: Any, start: int, stop: int) -> object:
+def _slice(data: object, start: int, stop: int) -> object:
     pd = _pandas()
     if pd is not None and isinstance(data, pd.DataFrame | pd.Series):
         return data.iloc[start:stop]
-    return data[start:stop]
+    return cast("Sequence[object]", data)[start:stop]
 
 
 @dataclass(frozen=True)
@@ -110,12 +110,12 @@ class RangePlan:
     """Inputs cut by position: chunk ``i`` covers ``bounds[i]`` of each input (like zip),
     and carries the ``overlap`` items before it (see :mod:`celerynb.windows`)."""
 
-    inputs: tuple[Any, ...]
+    inputs: tuple[object, ...]
     bounds: tuple[tuple[int, int], ...]
     overlap: int = 0
 
     @classmethod
-    def even(cls, inputs: tuple[Any, ...], n_chunks: int, overlap: int = 0) -> RangePlan:
+    def even(cls, inputs: tuple[object, ...], n_chunks: int, overlap: int = 0) -> RangePlan:
         """All items, in ``n_chunks`` chunks of (nearly) equal length."""
         rest = check_inputs(inputs)
         return cls(inputs, (), overlap).then(
@@ -136,12 +136,12 @@ class RangePlan:
         return replace(self, bounds=tuple(bounds))
 
     @property
-    def data(self) -> Any:
+    def data(self) -> object:
         return self.inputs[0]
 
     @property
     def n_items(self) -> int:
-        return len(self.inputs[0])
+        return len(cast("Sized", self.inputs[0]))
 
     def __len__(self) -> int:
         return len(self.bounds)
@@ -157,10 +157,13 @@ class RangePlan:
 
     def info(self, index: int) -> ChunkInfo:
         start, stop = self.bounds[index]
-        if kind_of(self.data) == "pandas" and stop > start:
-            pd = _pandas()
-            labels = self.data if pd is not None and isinstance(self.data, pd.Index) else None
-            labels = self.data.index if labels is None else labels
+        pd, data = _pandas(), self.data
+        if (
+            pd is not None
+            and isinstance(data, pd.DataFrame | pd.Series | pd.Index)
+            and stop > start
+        ):
+            labels = data if isinstance(data, pd.Index) else data.index
             return ChunkInfo(index, len(self), start, stop, labels[start], labels[stop - 1], True)
         return ChunkInfo(index, len(self), start, stop)
 
@@ -168,7 +171,7 @@ class RangePlan:
         start, stop = self.bounds[index]
         return stop - start
 
-    def join(self, parts: list[Any]) -> Any:
+    def join(self, parts: list[object]) -> object:
         pd = _pandas()
         data = self.data
         if pd is not None and isinstance(data, pd.DataFrame | pd.Series):
@@ -188,7 +191,7 @@ class AdaptivePlanner:
     def applies(cls, n_items: int, workers: int) -> bool:
         return n_items >= ADAPT_MIN_ITEMS_PER_WORKER * workers
 
-    def probes(self, inputs: tuple[Any, ...], overlap: int = 0) -> RangePlan:
+    def probes(self, inputs: tuple[object, ...], overlap: int = 0) -> RangePlan:
         """One probe chunk per worker, each 1/(32 x workers) of the items (at most 64 MiB)."""
         per_probe = min(
             self.n_items // (PROBES_PER_WORKER * self.workers),
@@ -217,7 +220,7 @@ class AdaptivePlanner:
 
 
 def make_plan(
-    inputs: tuple[Any, ...],
+    inputs: tuple[object, ...],
     workers: int,
     size: int,
     chunks: int | None,

@@ -181,7 +181,9 @@ class CallRunner:
         blobs += more or []
         if self.named:  # never reaped; records may be in the store that did not come here
             if int(after[3] or 0) > len(self._seen) + len(blobs):
-                blobs += self._kept_records()
+                wanted = [i for i in range(self.call.n_chunks) if i not in self._seen]
+                wanted += [REDUCED] if self.call.keep else []
+                blobs += durable.kept_records(self.cluster.redis, self.keys, wanted)
         elif (
             before and not before[0] and self.submission.stored and not blobs
         ):  # its workers reaped it
@@ -207,15 +209,6 @@ class CallRunner:
             self.stream.feeder.room.set()
         if not isinstance(self.display, NoDisplay):
             self.display.update(self.call.snapshot())
-
-    def _kept_records(self) -> list[bytes]:
-        """A named call's records that did not come through the done list (they came
-        before this driver attached, or another driver popped them)."""
-        wanted = [i for i in range(self.call.n_chunks) if i not in self._seen]
-        if self.call.keep:
-            wanted.append(REDUCED)
-        found = self.cluster.redis.hmget(self.keys.records, wanted) if wanted else []
-        return [b for b in found if isinstance(b, bytes)]
 
     def _act(self, reaction: Reaction) -> None:
         if reaction.store:
@@ -288,23 +281,10 @@ class CallRunner:
         self.relay.close()
         self.display.close(call.snapshot())
         if self.named:
-            self._settle_named(call)
+            with contextlib.suppress(redis.RedisError):
+                queue, keep = self.cluster.settings.queue, self.options.keep_seconds
+                durable.finish(self.cluster.redis, self.keys, queue, call, keep)
         self.cluster.supervisor.remove(self)
-
-    def _settle_named(self, call: Call) -> None:
-        """A named call's end: its state kept; its records and results too if it finished."""
-        error = str(call.error).splitlines()[0] if call.error is not None else ""
-        keep = self.options.keep_seconds
-        with contextlib.suppress(redis.RedisError):
-            pipe = self.cluster.redis.pipeline(transaction=False)
-            durable.finish(
-                pipe, self.keys, self.cluster.settings.queue, call.state.value, error, keep,
-                call.n_chunks,
-            )  # fmt: skip
-            kept = {self.keys.meta, self.keys.records}
-            kept |= {self.keys.result(i) for i in [*range(call.n_chunks), REDUCED]}
-            pipe.unlink(*[k for k in self.keys.all(call.n_chunks) if k not in kept])
-            pipe.execute()
 
     def _revoke(self) -> None:
         """Queued chunks become no-ops (their keys go first); running ones are terminated."""

@@ -9,9 +9,9 @@ rows of its result (those of the carried items) are dropped on the worker.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 from .inputs import _pandas
 
@@ -21,7 +21,7 @@ class Carried:
     """A chunk (one input's slice, or a tuple of slices of several inputs) whose first
     ``skip`` items belong to the chunk before it."""
 
-    data: Any
+    data: object
     skip: int
 
 
@@ -30,16 +30,16 @@ class Overlap:
     """What the workers call on a :class:`Carried` chunk: ``func`` on all of it, then the
     carried items' rows dropped from the result."""
 
-    func: Callable[..., Any]
+    func: Callable[..., object]
     overlap: int
     zipped: bool  # several inputs: ``data`` is a tuple of their slices
 
-    def __call__(self, chunk: Carried, *args: object, **kwargs: object) -> Any:
-        inputs = chunk.data if self.zipped else (chunk.data,)
+    def __call__(self, chunk: Carried, *args: object, **kwargs: object) -> object:
+        inputs = cast("tuple[Sized, ...]", chunk.data if self.zipped else (chunk.data,))
         result = self.func(*inputs, *args, **kwargs)
         rows = len(inputs[0])
         try:
-            returned = len(result)
+            returned = len(cast("Sized", result))
         except TypeError:
             returned = -1
         if returned != rows:
@@ -53,11 +53,11 @@ class Overlap:
         return drop_first(result, chunk.skip)
 
 
-def drop_first(result: Any, skip: int) -> Any:
+def drop_first(result: object, skip: int) -> object:
     """``result`` without its first ``skip`` rows (by position)."""
     if not skip:
         return result
     pd = _pandas()
     if pd is not None and isinstance(result, pd.DataFrame | pd.Series):
         return result.iloc[skip:]
-    return result[skip:]
+    return cast("Sequence[object]", result)[skip:]
