@@ -18,6 +18,8 @@ from typing import Any
 import redis
 from jupyter_client.manager import KernelManager
 
+from celerynb.plane.keys import WorkerKeys, calls_key, names_key
+
 SYSTEM_REDIS = os.environ.get("CELERYNB_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
@@ -54,16 +56,21 @@ class WorkerProcess:
 
 
 def forget_queue(url: str, queue: str) -> None:
-    """Delete a finished test's queue, kombu's bindings for it and its unacked messages
-    (a stopped worker's deliveries, which kombu would restore into the queue) from a
-    shared Redis."""
+    """Delete a finished test's queue, kombu's bindings for it, its unacked messages
+    (a stopped worker's deliveries, which kombu would restore into the queue) and
+    celerynb's registries of the queue's calls, names and workers from a shared Redis."""
     client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    workers = WorkerKeys(queue)
     try:
         client.delete(
             queue,
             f"_kombu.binding.{queue}",
             f"_kombu.binding_permanent.{queue}",
             f"_kombu.binding.{queue}.pidbox",
+            calls_key(queue),
+            names_key(queue),
+            workers.beats,
+            workers.info,
         )
         for tag, raw in client.hscan_iter("unacked"):
             try:

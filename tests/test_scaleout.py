@@ -177,8 +177,16 @@ def wait_ready(client: celerynb.Cluster, workers: list[Worker]) -> None:
 
 
 def delete_broker_state(settings: Settings) -> None:
-    """Delete this deployment's queue, exchanges and binding keys from the broker."""
+    """Delete this deployment's queue, exchanges and binding keys from the broker, and
+    its keys (the registries of its calls and workers) from the store."""
     queue = settings.queue
+    store = redis.Redis.from_url(settings.backend_url)
+    try:
+        keys = list(store.scan_iter(match=f"*{queue}*", count=1000))
+        if keys:
+            store.delete(*keys)
+    finally:
+        store.close()
     if settings.broker_url.startswith("amqp"):
         with Connection(settings.broker_url, connect_timeout=3) as conn:
             channel = conn.channel()
