@@ -59,11 +59,12 @@ def detached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     started = cli(state, "start", "-n", "2")
     assert started.returncode == 0, started.stdout + started.stderr
     pids = pids_of(state)
+    before = celerynb.current()  # (the session's cluster, say: not this fixture's to close)
     try:
         yield state
     finally:
         current = celerynb.current()
-        if current is not None:
+        if current is not None and current is not before:  # a client of the detached one
             current.close()
         stopped = cli(state, "stop")
         assert stopped.returncode == 0, stopped.stderr
