@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,18 @@ from celerynb.settings import Settings
 
 # fixture notebooks that tests run in subprocesses; not collected on their own
 collect_ignore_glob = ["notebooks/*.ipynb"]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failing test that used the session's cluster gets the tail of its worker's log in
+    the report (what the pool processes said is otherwise gone with the temp dir)."""
+    report = yield
+    cluster = getattr(item, "funcargs", {}).get("cluster")
+    if report.failed and isinstance(cluster, celerynb.LocalCluster) and not cluster.closed:
+        with contextlib.suppress(OSError):
+            report.sections.append(("embedded worker log (tail)", cluster.worker_log(80)))
+    return report
 
 
 @pytest.fixture(scope="session")
