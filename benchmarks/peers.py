@@ -585,10 +585,6 @@ class Section:
         return med / serial if serial and med is not None else None
 
 
-def _skipped(metric: Metric) -> bool:
-    return bool(metric.notes) and metric.notes[0].startswith(("n/a", "failed"))
-
-
 def run(
     quick: bool,
     workers: int,
@@ -637,7 +633,7 @@ def run(
             expected: Any = None
             for p in live:  # serial first: its result is what the others are checked against
                 metric = section.metrics[k][p.name]
-                if _skipped(metric):
+                if metric.skipped:
                     continue
                 try:
                     seconds, out = p.call(k, frames[k], warm=True)
@@ -660,7 +656,7 @@ def run(
             for k in keys:
                 for p in rotated(live, r):
                     metric = section.metrics[k][p.name]
-                    if _skipped(metric):
+                    if metric.skipped:
                         continue
                     try:
                         seconds, out = p.call(k, frames[k])

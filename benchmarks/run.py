@@ -84,6 +84,11 @@ class Metric:
         if text not in self.notes:
             self.notes.append(text)
 
+    @property
+    def skipped(self) -> bool:
+        """Not run: not applicable, or its candidate failed."""
+        return bool(self.notes) and self.notes[0].startswith(("n/a", "failed"))
+
 
 Results = dict[str, dict[str, Metric]]  # metric key -> candidate name -> Metric
 
@@ -171,7 +176,7 @@ def run_warm(
         expected = w.func(warm)
         for c in candidates:
             metric = results[w.key][c.name]
-            if metric.notes and metric.notes[0].startswith(("n/a", "failed")):
+            if metric.skipped:
                 continue
             try:
                 seconds, out = c.timed(w, warm, warm=True)
@@ -189,7 +194,7 @@ def run_warm(
                 continue
             for c in rotated(candidates, r):
                 metric = results[w.key][c.name]
-                if metric.notes and metric.notes[0].startswith(("n/a", "failed")):
+                if metric.skipped:
                     continue
                 try:
                     seconds, out = c.timed(w, w.data)

@@ -105,6 +105,14 @@ def nbytes(data: object) -> int:
     return int(size) if isinstance(size, int) else 0
 
 
+def rows(data: object, start: int, stop: int | None = None) -> object:
+    """Rows ``start:stop`` of ``data`` by position (``iloc`` for a frame or Series)."""
+    pd = _pandas()
+    if pd is not None and isinstance(data, pd.DataFrame | pd.Series):
+        return data.iloc[start:stop]
+    return cast("Sequence[object]", data)[start:stop]
+
+
 def blocks_of(data: object) -> int:
     """How many blocks pandas keeps ``data`` in (1 for anything but a DataFrame)."""
     pd = _pandas()

@@ -83,16 +83,17 @@ def join(parts: Sequence[object], source: pd.Index | None = None) -> Any:
     kind = categories[0] if categories else "other"
     if kind in ("DataFrame", "Series"):
         frames = cast("list[Frame]", parts)
+        indexes = [p.index for p in frames]
         if source is not None:
-            warn_if_reduced([p.index for p in frames], source)
+            warn_if_reduced(indexes, source)
         out = _join_frames(frames)
         if source is not None:
-            out.index = serial_freq(out.index, source, [p.index for p in frames])
+            out.index = serial_freq(out.index, source, indexes)
         return out
     if kind == "Index":
-        indexes = cast("list[pd.Index]", parts)
-        joined = _join_indexes(indexes)
-        return joined if source is None else serial_freq(joined, source, indexes)
+        labels = cast("list[pd.Index]", parts)
+        joined = _join_indexes(labels)
+        return joined if source is None else serial_freq(joined, source, labels)
     if kind == "extension":
         return _join_extension_arrays(cast("list[ExtensionArray]", parts))
     if kind == "ndarray":

@@ -24,13 +24,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence, Sized
 from dataclasses import dataclass, replace
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from .errors import ChunkInfo
 from .groupby import GroupPlan
-from .inputs import _pandas, blocks_of, check_inputs, kind_of
+from .inputs import _pandas, blocks_of, check_inputs, kind_of, rows
 from .join import join
 from .windows import Carried
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MAX_CHUNK_BYTES = 64 * 2**20  # no chunk is planned bigger (unless chunks= says so)
 CHUNKS_PER_WORKER = 4  # the fixed rule; also the guided schedule's share
@@ -98,13 +101,6 @@ def n_chunks_for(
     return max(1, min(wanted, n_items))
 
 
-def _slice(data: object, start: int, stop: int) -> object:
-    pd = _pandas()
-    if pd is not None and isinstance(data, pd.DataFrame | pd.Series):
-        return data.iloc[start:stop]
-    return cast("Sequence[object]", data)[start:stop]
-
-
 @dataclass(frozen=True)
 class RangePlan:
     """Inputs cut by position: chunk ``i`` covers ``bounds[i]`` of each input (like zip),
@@ -151,19 +147,26 @@ class RangePlan:
         items before it, for an ``overlap``)."""
         start, stop = self.bounds[index]
         first = max(0, start - self.overlap)
-        parts = tuple(_slice(data, first, stop) for data in self.inputs)
+        parts = tuple(rows(data, first, stop) for data in self.inputs)
         chunk = parts if len(parts) > 1 else parts[0]
         return Carried(chunk, start - first) if self.overlap else chunk
 
+    @property
+    def labels(self) -> pd.Index | None:
+        """The first input's index labels (its own labels, for an Index; None: no labels)."""
+        data = self.data
+        if _pandas() is None:  # no pandas loaded: no pandas data
+            return None
+        import pandas as pd
+
+        if isinstance(data, pd.Index):
+            return data
+        return data.index if isinstance(data, pd.DataFrame | pd.Series) else None
+
     def info(self, index: int) -> ChunkInfo:
         start, stop = self.bounds[index]
-        pd, data = _pandas(), self.data
-        if (
-            pd is not None
-            and isinstance(data, pd.DataFrame | pd.Series | pd.Index)
-            and stop > start
-        ):
-            labels = data if isinstance(data, pd.Index) else data.index
+        labels = self.labels
+        if labels is not None and stop > start:
             return ChunkInfo(index, len(self), start, stop, labels[start], labels[stop - 1], True)
         return ChunkInfo(index, len(self), start, stop)
 
@@ -172,11 +175,7 @@ class RangePlan:
         return stop - start
 
     def join(self, parts: list[object]) -> object:
-        pd = _pandas()
-        data = self.data
-        if pd is not None and isinstance(data, pd.DataFrame | pd.Series):
-            return join(parts, data.index)
-        return join(parts, data if pd is not None and isinstance(data, pd.Index) else None)
+        return join(parts, self.labels)
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,11 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .errors import CelerynbError, ChunkError, ChunkInfo
-from .inputs import _pandas, nbytes
+from .inputs import _pandas, nbytes, rows
 from .join import join
 from .plane import INLINE, codec
 from .plane.keys import REDUCED, TTL
 from .plane.records import Record, Status
-from .planning import _slice
 
 if TYPE_CHECKING:
     from redis.client import Pipeline
@@ -44,7 +43,7 @@ def recut(chunks: Iterator[object], size: int) -> Iterator[object]:
         start, length = 0, _size(chunk)
         while start < length:
             take = min(size - count, length - start)
-            held.append(chunk if take == length else _slice(chunk, start, start + take))
+            held.append(chunk if take == length else rows(chunk, start, start + take))
             start, count = start + take, count + take
             if count == size:
                 yield held[0] if len(held) == 1 else join(held)

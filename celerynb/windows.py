@@ -9,11 +9,11 @@ rows of its result (those of the carried items) are dropped on the worker.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence, Sized
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from typing import cast
 
-from .inputs import _pandas
+from .inputs import rows
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,4 @@ class Overlap:
 
 def drop_first(result: object, skip: int) -> object:
     """``result`` without its first ``skip`` rows (by position)."""
-    if not skip:
-        return result
-    pd = _pandas()
-    if pd is not None and isinstance(result, pd.DataFrame | pd.Series):
-        return result.iloc[skip:]
-    return cast("Sequence[object]", result)[skip:]
+    return rows(result, skip) if skip else result
