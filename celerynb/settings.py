@@ -22,6 +22,8 @@ ENV_SHM_ROOT = "CELERYNB_SHM_ROOT"  # where the embedded cluster makes it (or "o
 ENV_WORKER_WAIT = "CELERYNB_WORKER_WAIT"
 ENV_HEARTBEAT = "CELERYNB_HEARTBEAT"
 ENV_HEARTBEAT_GRACE = "CELERYNB_HEARTBEAT_GRACE"
+ENV_MAX_PAYLOAD = "CELERYNB_MAX_PAYLOAD"  # bytes one serialized chunk, result or function may take
+ENV_DRAIN_SECONDS = "CELERYNB_DRAIN_SECONDS"  # a draining task hands its slot on after this long
 
 RUN_CHUNKS = "celerynb.run_chunks"  # the draining task: every chunk of every call
 REDUCE = "celerynb.reduce"  # a reduce= call's final task
@@ -142,6 +144,30 @@ class Liveness:
                     raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
                 values[name] = float(value)
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Limits of the data path, read when a cluster or worker starts. Defaults:
+
+    - ``max_payload``: bytes one serialized chunk, result or function may take
+      (Redis refuses values over 512 MiB; ``CELERYNB_MAX_PAYLOAD``, default 512 MiB - 64 KiB);
+    - ``drain_seconds=10.0``: seconds after which a draining task hands its slot on to a
+      fresh message, so other calls get their turn (``CELERYNB_DRAIN_SECONDS``, workers).
+    """
+
+    max_payload: int = 512 * 2**20 - 2**16
+    drain_seconds: float = 10.0
+
+    @classmethod
+    def from_env(cls) -> Tuning:
+        base = cls()
+        text = os.environ.get(ENV_MAX_PAYLOAD, "")
+        try:
+            payload = int(text) if text else base.max_payload
+        except ValueError:
+            raise ValueError(f"{ENV_MAX_PAYLOAD} must be a number of bytes, got {text!r}") from None
+        return cls(payload, _seconds(ENV_DRAIN_SECONDS, base.drain_seconds))
 
 
 def make_app(settings: Settings, main: str = "celerynb", driver: bool = False) -> Celery:
