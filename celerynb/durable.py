@@ -27,7 +27,7 @@ from .errors import ChunkInfo, ClusterError
 from .join import join
 from .options import CallOptions, SlotOptions
 from .plane import delete
-from .plane.keys import REDUCED, TTL, CallKeys, calls_key, names_key
+from .plane.keys import REDUCED, TTL, CallKeys, QueueKeys
 
 if TYPE_CHECKING:
     from redis.client import Pipeline
@@ -147,21 +147,21 @@ def register(pipe: Pipeline, keys: CallKeys, queue: str, fields: dict[str, str])
     now = time.time()
     pipe.hset(keys.meta, items=[x for pair in fields.items() for x in pair])
     pipe.expire(keys.meta, ttl)
-    pipe.zremrangebyscore(calls_key(queue), "-inf", now)
-    pipe.zadd(calls_key(queue), {keys.call: now + ttl})
+    pipe.zremrangebyscore(QueueKeys(queue).calls, "-inf", now)
+    pipe.zadd(QueueKeys(queue).calls, {keys.call: now + ttl})
     if "name" in fields:
-        pipe.hset(names_key(queue), fields["name"], keys.call)
+        pipe.hset(QueueKeys(queue).names, fields["name"], keys.call)
 
 
 def lookup(cluster: Cluster, name: str) -> tuple[str, dict[str, str]] | None:
     """The id and description of the call named ``name`` on ``cluster`` (None: none, or gone)."""
     queue, client = cluster.settings.queue, cluster.redis
-    call = _text(client.hget(names_key(queue), name))
+    call = _text(client.hget(QueueKeys(queue).names, name))
     if not call:
         return None
     meta = _meta(client, call)
     if meta.get("name") != name:  # expired, or forgotten
-        client.hdel(names_key(queue), name)
+        client.hdel(QueueKeys(queue).names, name)
         return None
     return call, meta
 
@@ -172,7 +172,7 @@ def calls(cluster: Cluster | None = None) -> CallList:
     newest first."""
     found = target(cluster)
     client, queue = found.redis, found.settings.queue
-    ids = [_text(i) for i in client.zrange(calls_key(queue), 0, -1)]  # type: ignore[arg-type]
+    ids = [_text(i) for i in client.zrange(QueueKeys(queue).calls, 0, -1)]  # type: ignore[arg-type]
     out = CallList()
     gone = []
     for call in ids:
@@ -182,7 +182,7 @@ def calls(cluster: Cluster | None = None) -> CallList:
             continue
         out.append(_info(client, call, meta))
     if gone:
-        client.zrem(calls_key(queue), *gone)
+        client.zrem(QueueKeys(queue).calls, *gone)
     out.sort(key=lambda c: c.started, reverse=True)
     return out
 
@@ -316,9 +316,9 @@ def drop(cluster: Cluster, call: str, name: str | None = None) -> None:
     client, queue = cluster.redis, cluster.settings.queue
     n_chunks = int(_meta(client, call).get("n_chunks") or client.get(keys.count) or 0)
     delete(client, [*keys.all(n_chunks), keys.meta, keys.records])
-    client.zrem(calls_key(queue), call)
-    if name is not None and _text(client.hget(names_key(queue), name)) == call:
-        client.hdel(names_key(queue), name)
+    client.zrem(QueueKeys(queue).calls, call)
+    if name is not None and _text(client.hget(QueueKeys(queue).names, name)) == call:
+        client.hdel(QueueKeys(queue).names, name)
 
 
 def finish(client: redis.Redis, keys: CallKeys, queue: str, call: Call, keep: float) -> None:
@@ -330,7 +330,7 @@ def finish(client: redis.Redis, keys: CallKeys, queue: str, call: Call, keep: fl
     fields = {"state": call.state.value, "error": error, "ended": repr(time.time())}
     pipe.hset(keys.meta, items=[x for pair in fields.items() for x in pair])
     pipe.expire(keys.meta, ttl)
-    pipe.zadd(calls_key(queue), {keys.call: time.time() + ttl})
+    pipe.zadd(QueueKeys(queue).calls, {keys.call: time.time() + ttl})
     results = [keys.result(i) for i in [*range(call.n_chunks), REDUCED]]
     if call.state.value == "finished":
         for key in [keys.records, *results]:

@@ -25,7 +25,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from . import celery_compat
-from .plane.keys import PREFIX
+from .plane.keys import running_pattern
 from .settings import mask_url
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def _queued(cluster: Cluster) -> int | None:
 def _running(cluster: Cluster) -> int | None:
     """Chunks that workers are running now, over every call on this store."""
     try:
-        keys = list(cluster.redis.scan_iter(match=f"{PREFIX}{{*}}:running", count=1000))
+        keys = list(cluster.redis.scan_iter(match=running_pattern(), count=1000))
         if not keys:
             return 0
         pipe = cluster.redis.pipeline(transaction=False)

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from jupyter_client.manager import KernelManager
 
-from celerynb.plane.keys import WorkerKeys, calls_key, names_key
+from celerynb.plane.keys import QueueKeys
 
 SYSTEM_REDIS = os.environ.get("CELERYNB_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
@@ -60,15 +60,15 @@ def forget_queue(url: str, queue: str) -> None:
     (a stopped worker's deliveries, which kombu would restore into the queue) and
     celerynb's registries of the queue's calls, names and workers from a shared Redis."""
     client = redis.Redis.from_url(url, socket_connect_timeout=2)
-    workers = WorkerKeys(queue)
+    workers = QueueKeys(queue)
     try:
         client.delete(
             queue,
             f"_kombu.binding.{queue}",
             f"_kombu.binding_permanent.{queue}",
             f"_kombu.binding.{queue}.pidbox",
-            calls_key(queue),
-            names_key(queue),
+            workers.calls,
+            workers.names,
             workers.beats,
             workers.info,
         )

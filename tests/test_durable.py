@@ -31,7 +31,7 @@ from support import SYSTEM_REDIS, Kernel, WorkerProcess, forget_queue, system_re
 import celerynb
 from celerynb.errors import ClusterError
 from celerynb.plane.codec import new_secret
-from celerynb.plane.keys import CallKeys, names_key
+from celerynb.plane.keys import CallKeys, QueueKeys
 from celerynb.settings import Settings
 
 CLI = [sys.executable, "-m", "celerynb.cli", "cluster"]
@@ -279,7 +279,7 @@ def test_a_dead_drivers_call_survives_a_worker_restart(deployment: tuple[str, Pa
         second = WorkerProcess(SYSTEM_REDIS, secret, tmp, "--hostname", f"b-{name}@%h")
         cluster = celerynb.connect(SYSTEM_REDIS, secret=secret)
         _wait_for_workers(cluster)
-        call_id = cluster.redis.hget(names_key(cluster.settings.queue), name).decode()
+        call_id = cluster.redis.hget(QueueKeys(cluster.settings.queue).names, name).decode()
         deadline = time.monotonic() + 30  # long gone: the dead driver's sign of life expired
         while cluster.redis.exists(CallKeys(call_id).alive):
             assert time.monotonic() < deadline
@@ -295,7 +295,8 @@ def test_a_dead_drivers_call_survives_a_worker_restart(deployment: tuple[str, Pa
         call = future.id
         future.forget()
         left = cluster.redis.keys(f"celerynb:{{{call}}}*")
-        assert left == [] and cluster.redis.hget(names_key(cluster.settings.queue), name) is None
+        names = QueueKeys(cluster.settings.queue).names
+        assert left == [] and cluster.redis.hget(names, name) is None
     finally:
         first.stop()
         if second is not None:

@@ -24,7 +24,7 @@ import redis
 
 import celerynb
 from celerynb.plane import scripts
-from celerynb.plane.keys import WorkerKeys
+from celerynb.plane.keys import QueueKeys
 from celerynb.procs import (
     ENV_SERVER,
     INSTALL_HINT,
@@ -250,7 +250,7 @@ def test_the_minimum_is_6_2(
     """5.0 runs the Lua scripts (TIME before writes, unpack), not LPOP with a count (6.2)."""
     old, new = start_server(need(servers, "redis-5.0")), start_server(need(servers, "redis-6.2"))
     for client in (old, new):
-        keys = WorkerKeys("q")
+        keys = QueueKeys("q")
         scripts.beat(client, keys, "w1", "{}", keep=60)
         assert scripts.roll(client, keys, grace=10).alive == {"w1": "{}"}
         client.rpush("list", 1, 2, 3)

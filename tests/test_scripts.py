@@ -15,7 +15,7 @@ import pytest
 
 import celerynb
 from celerynb.plane import scripts
-from celerynb.plane.keys import CallKeys, WorkerKeys
+from celerynb.plane.keys import CallKeys, QueueKeys
 from celerynb.plane.scripts import ABANDONED, OPEN, Report
 
 
@@ -100,7 +100,7 @@ def test_a_calls_open_state_and_an_abandoned_call(client) -> None:  # type: igno
 
 
 def test_the_worker_registry(client) -> None:  # type: ignore[no-untyped-def]
-    keys = WorkerKeys(f"q-{uuid.uuid4().hex[:8]}")
+    keys = QueueKeys(f"q-{uuid.uuid4().hex[:8]}")
     info = json.dumps({"concurrency": 2, "state": "up"})
     scripts.beat(client, keys, "a@h", info, keep=60)
     scripts.beat(client, keys, "b@h", info, keep=60)

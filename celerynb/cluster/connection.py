@@ -14,7 +14,7 @@ from celery import Celery
 from .. import plane
 from ..errors import ClusterError
 from ..plane import DataPlane, RedisPlane, ShmPlane, scripts
-from ..plane.keys import WorkerKeys
+from ..plane.keys import QueueKeys
 from ..plane.scripts import Roll
 from ..settings import Liveness, Settings, make_app, mask_url
 from . import registry
@@ -83,7 +83,7 @@ class Cluster:
         """The queue's worker registry: who beats, who stopped (reused for ``max_age`` s)."""
         stamp, known = self._roll
         if time.monotonic() - stamp >= max_age:
-            known = scripts.roll(self.redis, WorkerKeys(self.settings.queue), self.liveness.grace)
+            known = scripts.roll(self.redis, QueueKeys(self.settings.queue), self.liveness.grace)
             self._roll = (time.monotonic(), known)
         return known
 

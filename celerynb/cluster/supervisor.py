@@ -23,6 +23,7 @@ import redis
 
 from ..call import CallState
 from ..errors import ClusterError
+from ..plane.keys import wake_key
 
 if TYPE_CHECKING:
     from ..runner import CallRunner
@@ -44,7 +45,7 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._stopped = False
         self._in_tick = False
-        self._wake_key = f"celerynb:wake:{uuid.uuid4().hex}"
+        self._wake_key = wake_key(uuid.uuid4().hex)
         self._unreachable_since: float | None = None
         self._next_roll = 0.0
         self._dead_handled: set[str] = set()

@@ -144,21 +144,21 @@ class CallKeys:
         return f"celerynb-{self.call}-reduce"
 
 
-def calls_key(queue: str) -> str:
-    """Sorted set: the calls on ``queue`` (by start time), for ``calls()``."""
-    return f"{PREFIX}calls:{queue}"
-
-
-def names_key(queue: str) -> str:
-    """Hash: name -> call id of the named calls on ``queue``."""
-    return f"{PREFIX}names:{queue}"
-
-
 @dataclass(frozen=True)
-class WorkerKeys:
-    """The registry of the workers on one queue: who beat when, and what they are."""
+class QueueKeys:
+    """The keys of one queue: its registries of calls and names, and of its workers."""
 
     queue: str
+
+    @property
+    def calls(self) -> str:
+        """Sorted set: the calls on the queue (scored by when their description expires)."""
+        return f"{PREFIX}calls:{self.queue}"
+
+    @property
+    def names(self) -> str:
+        """Hash: name -> call id of the named calls on the queue."""
+        return f"{PREFIX}names:{self.queue}"
 
     @property
     def beats(self) -> str:
@@ -169,3 +169,13 @@ class WorkerKeys:
     def info(self) -> str:
         """Hash: worker -> its pool size and state (JSON)."""
         return f"{PREFIX}workers:{{{self.queue}}}:info"
+
+
+def wake_key(token: str) -> str:
+    """A list a supervisor blocks on beside its calls' lists, pushed to end the wait."""
+    return f"{PREFIX}wake:{token}"
+
+
+def running_pattern() -> str:
+    """A SCAN pattern for every call's ``running`` hash on a store."""
+    return CallKeys("*").running

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .keys import TTL, CallKeys, WorkerKeys
+from .keys import TTL, CallKeys, QueueKeys
 
 if TYPE_CHECKING:
     import redis
@@ -307,7 +307,7 @@ def reap(client: redis.Redis, keys: CallKeys) -> None:
     _script(client, _REAP)(keys=[keys.done], args=[keys.base])
 
 
-def beat(client: redis.Redis, keys: WorkerKeys, worker: str, info: str, keep: float) -> None:
+def beat(client: redis.Redis, keys: QueueKeys, worker: str, info: str, keep: float) -> None:
     """A worker's heartbeat (``info`` '': it leaves the registry)."""
     _script(client, _BEAT)(keys=[keys.beats, keys.info], args=[worker, info, int(keep)])
 
@@ -320,7 +320,7 @@ class Roll:
     dead: list[str]
 
 
-def roll(client: redis.Redis, keys: WorkerKeys, grace: float, forget: float = 3600) -> Roll:
+def roll(client: redis.Redis, keys: QueueKeys, grace: float, forget: float = 3600) -> Roll:
     names, infos, dead = _script(client, _ROLL)(keys=[keys.beats, keys.info], args=[grace, forget])
     alive = {n.decode(): i.decode() for n, i in zip(names, infos, strict=True)}
     return Roll(alive, [d.decode() for d in dead])

@@ -22,7 +22,7 @@ from celery import Celery, signals
 from .. import plane
 from ..plane import DataPlane, RedisPlane, ShmPlane, codec, scripts
 from ..plane.codec import Job
-from ..plane.keys import WorkerKeys
+from ..plane.keys import QueueKeys
 from ..procs import die_with_parent
 from ..settings import ENV_SHM_DIR, Liveness, Settings, make_app
 
@@ -115,7 +115,7 @@ class Heartbeat(threading.Thread):
         super().__init__(name="celerynb-heartbeat", daemon=True)
         assert settings is not None
         self.hostname, self.concurrency = hostname, concurrency
-        self.keys = WorkerKeys(settings.queue)
+        self.keys = QueueKeys(settings.queue)
         self.interval = Liveness.from_env().heartbeat
         self.stopped = threading.Event()
 
