@@ -8,6 +8,7 @@ comes back, a driver that is gone, the worker registry.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 
@@ -15,8 +16,12 @@ import pytest
 
 import celerynb
 from celerynb.plane import scripts
-from celerynb.plane.keys import CallKeys, QueueKeys
+from celerynb.plane.keys import REDUCED, CallKeys, QueueKeys
 from celerynb.plane.scripts import ABANDONED, OPEN, Report
+
+CALL_SCRIPTS = {"next": scripts._NEXT, "requeue": scripts._REQUEUE, "reap": scripts._REAP}
+CALL_SCRIPTS["push"] = scripts._PUSH
+REGISTRY_SCRIPTS = {"beat": scripts._BEAT, "roll": scripts._ROLL}
 
 
 @pytest.fixture
@@ -96,7 +101,12 @@ def test_a_calls_open_state_and_an_abandoned_call(client) -> None:  # type: igno
     assert got.index is None and got.pending == ABANDONED
     assert take(client, gone, "0", watch=False).index == 0  # embedded calls are not watched
     scripts.reap(client, gone)
-    assert not client.keys(gone.base.replace("{", "[{]") + "*")
+    assert not left(client, gone)
+
+
+def left(client, keys: CallKeys) -> set[str]:  # type: ignore[no-untyped-def]
+    """The call's keys that exist."""
+    return {k.decode() for k in client.keys(keys.base.replace("{", "[{]") + "*")}
 
 
 def test_the_worker_registry(client) -> None:  # type: ignore[no-untyped-def]
@@ -113,3 +123,73 @@ def test_the_worker_registry(client) -> None:  # type: ignore[no-untyped-def]
     assert "a@h" not in scripts.roll(client, keys, grace=5).alive
     roll = scripts.roll(client, keys, grace=5, forget=1)
     assert roll.dead == [] and not client.exists(keys.info)
+
+
+def test_every_key_a_calls_life_makes_is_one_the_reaper_deletes(client) -> None:  # type: ignore[no-untyped-def]
+    """A named call's whole life through the scripts (and the driver's and workers' own
+    writes) makes only keys ``CallKeys.all`` lists; ``reap`` deletes every one of them."""
+    n = 4
+    keys = store(client, n)
+    client.hset(keys.meta, mapping={"label": "f", "keep": 3600})
+    client.set(keys.open, 1, ex=30)
+    client.rpush(keys.folds, b"fold")
+    client.rpush(keys.output, b"batch")
+    client.incrby(keys.output_bytes, 5)
+    got = take(client, keys, "0", worker="w1#a")
+    got = take(client, keys, "0", Report(got.index, b"record", parked=b"big"), worker="w1#a")
+    take(client, keys, "1", worker="w2#b")
+    assert scripts.requeue(client, keys, ["w2#b"]) == 1  # fenced, chunk back to pending
+    while got.index is not None:
+        got = take(client, keys, "2", Report(got.index, b"record", parked=b"part"))
+    assert scripts.push_record(client, keys, REDUCED, b"reduced", b"value")
+    made = left(client, keys)
+    listed = set(keys.all(n))
+    assert made <= listed, f"keys no CallKeys.all lists: {made - listed}"
+    assert {keys.fenced, keys.records, keys.result(REDUCED), keys.result(1)} <= made
+    scripts.reap(client, keys)
+    assert not left(client, keys)
+
+
+def test_reap_deletes_exactly_what_all_lists(client) -> None:  # type: ignore[no-untyped-def]
+    keys = store(client, 3)
+    listed = keys.all(3)
+    client.mset({k: b"x" for k in listed if k != keys.count})  # every key, whatever its writer
+    other = CallKeys(keys.call + "x")
+    client.set(other.func, b"x", ex=30)  # another call's keys are left alone
+    scripts.reap(client, keys)
+    assert not left(client, keys) and client.exists(other.func)
+    client.delete(other.func)
+
+
+def _quoted(source: str) -> set[str]:
+    """The string literals of a Lua source (its comments dropped)."""
+    code = re.sub(r"--[^\n]*", "", source)
+    return set(re.findall(r"'([^'\n]*)'", code)) | set(re.findall(r'"([^"\n]*)"', code))
+
+
+@pytest.mark.parametrize("name", [*CALL_SCRIPTS, *REGISTRY_SCRIPTS])
+def test_no_script_spells_a_key_name(name: str) -> None:
+    """Every key comes through KEYS, bound by a preamble made from the one order."""
+    source = {**CALL_SCRIPTS, **REGISTRY_SCRIPTS}[name]
+    preamble, body = source.split("\n", 1)
+    keys, queue = CallKeys("c"), QueueKeys("q")
+    if name in CALL_SCRIPTS:
+        order, given = CallKeys.SCRIPT_KEYS, keys.script_keys
+        assert given == tuple(getattr(keys, field) for field in order)
+    else:
+        order, given = QueueKeys.WORKERS, queue.worker_keys
+        assert given == tuple(getattr(queue, field) for field in order)
+    slots = ", ".join(f"KEYS[{i + 1}]" for i in range(len(order)))
+    assert preamble == f"local {', '.join(order)} = {slots}"
+    suffixes = {k.removeprefix(keys.base).rstrip(":") for k in keys.script_keys}
+    suffixes |= {k.removeprefix("celerynb:").split(":")[0] for k in (queue.beats, queue.info)}
+    names = set(CallKeys.SCRIPT_KEYS) | set(QueueKeys.WORKERS) | suffixes
+    spelled = {q for q in _quoted(body) if q.rstrip(":") in names or ":" in q}
+    assert not spelled, f"key names spelled in Lua: {spelled}"
+    assert "KEYS[" not in body and "celerynb" not in body
+
+
+def test_a_calls_keys_share_one_hash_slot() -> None:
+    keys = CallKeys(uuid.uuid4().hex)
+    tags = {re.search(r"{(.*?)}", k).group(1) for k in (*keys.script_keys, *keys.all(3))}  # type: ignore[union-attr]
+    assert tags == {keys.call}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import ClassVar
 
 PREFIX = "celerynb:"
 TTL = 24 * 3600
@@ -18,6 +19,29 @@ REDUCED = -1  # the chunk number of the reducer's record
 @dataclass(frozen=True)
 class CallKeys:
     """Names of the Redis keys (and shm files) of one call."""
+
+    # The call's fixed keys (attribute names), in the order the Lua scripts get them as
+    # KEYS[1], KEYS[2], ...; then the prefixes of its per-chunk keys (chunk i, result i).
+    FIXED: ClassVar[tuple[str, ...]] = (
+        "func",
+        "done",
+        "tries",
+        "running",
+        "pending",
+        "slots",
+        "owners",
+        "fenced",
+        "alive",
+        "count",
+        "open",
+        "output",
+        "output_bytes",
+        "folds",
+        "meta",
+        "records",
+    )
+    PREFIXES: ClassVar[tuple[str, ...]] = ("chunk_prefix", "result_prefix")
+    SCRIPT_KEYS: ClassVar[tuple[str, ...]] = FIXED + PREFIXES
 
     call: str
 
@@ -106,20 +130,38 @@ class CallKeys:
         """Hash: chunk -> its record, kept for a named call (the done list is popped)."""
         return self.base + "records"
 
+    @cached_property
+    def chunk_prefix(self) -> str:
+        """The prefix of the chunk keys: chunk ``i`` is this followed by ``i``."""
+        return self.base + "chunk:"
+
+    @cached_property
+    def result_prefix(self) -> str:
+        """The prefix of the result keys: result ``i`` is this followed by ``i``."""
+        return self.base + "result:"
+
     def chunk(self, index: int) -> str:
-        return f"{self.base}chunk:{index}"
+        """A chunk's bytes (or its descriptor), until a worker reports it."""
+        return f"{self.chunk_prefix}{index}"
 
     def result(self, index: int) -> str:
         """A result kept apart from its record (too big to inline, or a reduce part)."""
-        return f"{self.base}result:{index}"
+        return f"{self.result_prefix}{index}"
+
+    @cached_property
+    def fixed(self) -> tuple[str, ...]:
+        """The call's fixed keys, in the order of ``FIXED``."""
+        return tuple(getattr(self, name) for name in self.FIXED)
+
+    @cached_property
+    def script_keys(self) -> tuple[str, ...]:
+        """What every Lua script of a call gets as KEYS (``SCRIPT_KEYS``, in that order)."""
+        return (*self.fixed, self.chunk_prefix, self.result_prefix)
 
     def all(self, n_chunks: int) -> list[str]:
-        """Every key the call may have created."""
+        """Every key the call may have created (what the reap script deletes, too)."""
         per_chunk = [k for i in range(n_chunks) for k in (self.chunk(i), self.result(i))]
-        fixed = [self.func, self.done, self.tries, self.running, self.pending, self.slots]
-        fixed += [self.owners, self.fenced, self.alive, self.count, self.open]
-        fixed += [self.output, self.output_bytes, self.folds, self.meta, self.records]
-        return [*fixed, self.result(REDUCED), *per_chunk]
+        return [*self.fixed, self.result(REDUCED), *per_chunk]
 
     def chunk_file(self, index: int) -> str:
         return f"{self.call}-c{index}"
@@ -148,6 +190,9 @@ class CallKeys:
 class QueueKeys:
     """The keys of one queue: its registries of calls and names, and of its workers."""
 
+    # The worker registry's keys (attribute names), in the order the Lua scripts get them.
+    WORKERS: ClassVar[tuple[str, ...]] = ("beats", "info")
+
     queue: str
 
     @property
@@ -169,6 +214,11 @@ class QueueKeys:
     def info(self) -> str:
         """Hash: worker -> its pool size and state (JSON)."""
         return f"{PREFIX}workers:{{{self.queue}}}:info"
+
+    @property
+    def worker_keys(self) -> tuple[str, ...]:
+        """What the registry's Lua scripts get as KEYS (``WORKERS``, in that order)."""
+        return tuple(getattr(self, name) for name in self.WORKERS)
 
 
 def wake_key(token: str) -> str:

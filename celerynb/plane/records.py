@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import enum
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..errors import RemoteFailure
+from . import codec
 
 
 class Status(enum.Enum):
@@ -67,3 +70,33 @@ _LOCATION = {loc.value: loc for loc in Location}
 
 def _record(index: int, status: str, value: object, location: str, *meta: object) -> Record:
     return Record(index, _STATUS[status], value, _LOCATION[location], RunMeta(*meta))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class FoldRequest:
+    """A partial reduction the driver asks of an iterator's ``reduce=`` call: reduce the
+    stored ``parts`` (in order) into part ``out`` (``REDUCED``: the call's result).
+
+    Sent on the call's ``folds`` list as signed JSON ``[parts, out]``; a draining task
+    pops it between chunks.
+    """
+
+    parts: Sequence[int]
+    out: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parts", tuple(self.parts))
+
+    def encode(self, secret: str) -> bytes:
+        """Signed JSON, for the call's ``folds`` list."""
+        return codec.sign(secret, json.dumps([list(self.parts), self.out]).encode())
+
+    @classmethod
+    def decode(cls, secret: str, blob: bytes | bytearray | memoryview) -> FoldRequest:
+        """The request in ``blob``; SignatureError if it is not signed with ``secret``,
+        ValueError if it is not a fold request."""
+        body = json.loads(bytes(codec.verify(secret, blob)))
+        match body:
+            case [list(parts), int(out)] if all(type(i) is int for i in [*parts, out]):
+                return cls(parts, out)
+        raise ValueError(f"not a fold request: {body!r}"[:200])

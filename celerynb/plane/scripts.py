@@ -1,177 +1,201 @@
-"""The data plane's one Lua script, behind a typed wrapper.
+"""The store's Lua scripts (taking chunks, requeueing, reaping, the worker registry),
+behind typed wrappers.
 
 A draining task calls :func:`next_chunk` between chunks: one round trip
 reports the chunk it ran (unless the call was cancelled meanwhile) and takes
 the next one: the chunk its slot held when its process died, else the next
-pending one. Every key shares the call's prefix (one Redis Cluster hash slot).
+pending one. :func:`push_record` pushes a record outside that loop (a reducer's),
+:func:`requeue` gives dead workers' chunks back, :func:`reap` deletes an
+abandoned call, and :func:`beat` / :func:`roll` keep a queue's worker registry.
+
+No key name is spelled in Lua: a call's scripts get its keys as KEYS in the
+order ``CallKeys.SCRIPT_KEYS`` defines (the fixed keys, then the prefixes of
+the per-chunk keys), bound to local names by a preamble made here from that
+same order; the registry's scripts get ``QueueKeys.WORKERS`` the same way.
+Every key of a call shares its prefix (one Redis Cluster hash slot).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .keys import TTL, CallKeys, QueueKeys
+from .keys import REDUCED, TTL, CallKeys, QueueKeys
 
 if TYPE_CHECKING:
     import redis
     from redis.commands.core import Script
 
-# ARGV: base, slot, ttl, prev, record, take, have_job, inline_max, worker, watch
-# (see next_chunk). Returns {accepted, index, tries, job, chunk, pending}: index
-# is false when nothing was taken; pending: chunks left to take, OPEN if none but
-# the call may queue more, ABANDONED if its driver is gone (watch = '1'); job ''
-# if the worker holds it already, false if it is gone; chunk false when over
-# inline_max bytes (GET it). A fenced slot (its worker was given up for dead)
-# takes nothing more. A named call (its meta has a keep time) also keeps each
-# record in its records hash, and is never abandoned.
-_NEXT = """
-local base, slot, ttl = ARGV[1], ARGV[2], ARGV[3]
-local prev = ARGV[4]
+
+def _preamble(names: Sequence[str]) -> str:
+    """``local a, b = KEYS[1], KEYS[2]``: a script's keys bound to their names."""
+    slots = ", ".join(f"KEYS[{i}]" for i in range(1, len(names) + 1))
+    return f"local {', '.join(names)} = {slots}\n"
+
+
+def _call_script(body: str) -> str:
+    """A script of one call: it gets ``CallKeys.script_keys`` (chunk ``i`` is
+    ``chunk_prefix .. i``, result ``i`` is ``result_prefix .. i``)."""
+    return _preamble(CallKeys.SCRIPT_KEYS) + body
+
+
+def _registry_script(body: str) -> str:
+    """A script of a queue's worker registry: it gets ``QueueKeys.worker_keys``."""
+    return _preamble(QueueKeys.WORKERS) + body
+
+
+# ARGV: slot, ttl, prev, record, take, have_job, inline_max, worker, watch (see
+# next_chunk). Returns {accepted, index, tries, job, chunk, pending}: index is false
+# when nothing was taken; pending: chunks left to take, OPEN if none but the call may
+# queue more, ABANDONED if its driver is gone (watch = '1'); job '' if the worker holds
+# it already, false if it is gone; chunk false when over inline_max bytes (GET it). A
+# fenced slot (its worker was given up for dead) takes nothing more. A named call (its
+# meta has a keep time) also keeps each record in its records hash, and is never
+# abandoned.
+_NEXT = _call_script("""
+local slot, ttl, prev, record = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local accepted = 0
-local keep = redis.call('HGET', base .. 'meta', 'keep')  -- a named call's
+local keep = redis.call('HGET', meta, 'keep')  -- a named call's
 if prev ~= '' then
-  redis.call('HDEL', base .. 'running', prev)
-  redis.call('HDEL', base .. 'slots', slot)
-  if redis.call('EXISTS', base .. 'chunk:' .. prev) == 1 then
-    redis.call('RPUSH', base .. 'done', ARGV[5])
-    redis.call('EXPIRE', base .. 'done', ttl)
-    redis.call('UNLINK', base .. 'chunk:' .. prev)
+  redis.call('HDEL', running, prev)
+  redis.call('HDEL', slots, slot)
+  if redis.call('EXISTS', chunk_prefix .. prev) == 1 then
+    redis.call('RPUSH', done, record)
+    redis.call('EXPIRE', done, ttl)
+    redis.call('UNLINK', chunk_prefix .. prev)
     if keep then
       local kept = math.max(tonumber(ttl), tonumber(keep))
-      redis.call('HSET', base .. 'records', prev, ARGV[5])
-      redis.call('EXPIRE', base .. 'records', kept)
-      redis.call('EXPIRE', base .. 'result:' .. prev, kept)
+      redis.call('HSET', records, prev, record)
+      redis.call('EXPIRE', records, kept)
+      redis.call('EXPIRE', result_prefix .. prev, kept)
     end
     accepted = 1
   else
-    redis.call('UNLINK', base .. 'result:' .. prev)
+    redis.call('UNLINK', result_prefix .. prev)
   end
 end
-if ARGV[10] == '1' and not keep and redis.call('EXISTS', base .. 'alive') == 0 then
+if ARGV[9] == '1' and not keep and redis.call('EXISTS', alive) == 0 then
   return {accepted, false, 0, false, false, -2}
 end
-local fenced = redis.call('SISMEMBER', base .. 'fenced', slot) == 1
-if ARGV[6] ~= '1' or fenced then
-  redis.call('HDEL', base .. 'owners', slot)
+local is_fenced = redis.call('SISMEMBER', fenced, slot) == 1
+if ARGV[5] ~= '1' or is_fenced then
+  redis.call('HDEL', owners, slot)
   local left = 0
-  if not fenced then
-    left = redis.call('LLEN', base .. 'pending')
-    if left == 0 and redis.call('EXISTS', base .. 'open') == 1 then left = -1 end
+  if not is_fenced then
+    left = redis.call('LLEN', pending)
+    if left == 0 and redis.call('EXISTS', open) == 1 then left = -1 end
   end
   return {accepted, false, 0, false, false, left}
 end
-local index = redis.call('HGET', base .. 'slots', slot)
-if index and redis.call('EXISTS', base .. 'chunk:' .. index) == 0 then
-  redis.call('HDEL', base .. 'slots', slot)
+local index = redis.call('HGET', slots, slot)
+if index and redis.call('EXISTS', chunk_prefix .. index) == 0 then
+  redis.call('HDEL', slots, slot)
   index = false
 end
 while not index do
-  index = redis.call('LPOP', base .. 'pending')
+  index = redis.call('LPOP', pending)
   if not index then break end
-  if redis.call('EXISTS', base .. 'chunk:' .. index) == 0 then index = false end
+  if redis.call('EXISTS', chunk_prefix .. index) == 0 then index = false end
 end
 if not index then
-  redis.call('HDEL', base .. 'owners', slot)
-  local left = redis.call('EXISTS', base .. 'open') == 1 and -1 or 0
+  redis.call('HDEL', owners, slot)
+  local left = redis.call('EXISTS', open) == 1 and -1 or 0
   return {accepted, false, 0, false, false, left}
 end
-local tries = redis.call('HINCRBY', base .. 'tries', index, 1)
-redis.call('HSET', base .. 'running', index, slot)
-redis.call('HSET', base .. 'slots', slot, index)
-redis.call('HSET', base .. 'owners', slot, ARGV[9])
-for _, name in ipairs({'tries', 'running', 'slots', 'owners'}) do
-  redis.call('EXPIRE', base .. name, ttl)
+local n_tries = redis.call('HINCRBY', tries, index, 1)
+redis.call('HSET', running, index, slot)
+redis.call('HSET', slots, slot, index)
+redis.call('HSET', owners, slot, ARGV[8])
+for _, key in ipairs({tries, running, slots, owners}) do
+  redis.call('EXPIRE', key, ttl)
 end
 local job
-if ARGV[7] == '1' then
-  job = redis.call('EXISTS', base .. 'func') == 1 and '' or false
+if ARGV[6] == '1' then
+  job = redis.call('EXISTS', func) == 1 and '' or false
 else
-  job = redis.call('GET', base .. 'func')
+  job = redis.call('GET', func)
 end
 local chunk = false
-if redis.call('STRLEN', base .. 'chunk:' .. index) <= tonumber(ARGV[8]) then
-  chunk = redis.call('GET', base .. 'chunk:' .. index)
+if redis.call('STRLEN', chunk_prefix .. index) <= tonumber(ARGV[7]) then
+  chunk = redis.call('GET', chunk_prefix .. index)
 end
-return {accepted, tonumber(index), tries, job, chunk, redis.call('LLEN', base .. 'pending')}
-"""
+return {accepted, tonumber(index), n_tries, job, chunk, redis.call('LLEN', pending)}
+""")
 
 # Driver, when workers died: every slot they ran gives its chunk back (to the head
-# of the pending list) and is fenced. ARGV: base, ttl, dead workers. Returns how
-# many slots were fenced.
-_REQUEUE = """
-local base = ARGV[1]
+# of the pending list) and is fenced. ARGV: ttl, dead workers. Returns how many
+# slots were fenced.
+_REQUEUE = _call_script("""
 local dead = {}
-for i = 3, #ARGV do dead[ARGV[i]] = true end
-local owners = redis.call('HGETALL', base .. 'owners')
+for i = 2, #ARGV do dead[ARGV[i]] = true end
+local held = redis.call('HGETALL', owners)
 local moved = 0
-for i = 1, #owners, 2 do
-  local slot, owner = owners[i], owners[i + 1]
+for i = 1, #held, 2 do
+  local slot, owner = held[i], held[i + 1]
   if dead[owner] then
-    local index = redis.call('HGET', base .. 'slots', slot)
-    redis.call('HDEL', base .. 'slots', slot)
-    redis.call('HDEL', base .. 'owners', slot)
-    redis.call('SADD', base .. 'fenced', slot)
-    redis.call('EXPIRE', base .. 'fenced', ARGV[2])
+    local index = redis.call('HGET', slots, slot)
+    redis.call('HDEL', slots, slot)
+    redis.call('HDEL', owners, slot)
+    redis.call('SADD', fenced, slot)
+    redis.call('EXPIRE', fenced, ARGV[1])
     if index then
-      redis.call('HDEL', base .. 'running', index)
-      if redis.call('EXISTS', base .. 'chunk:' .. index) == 1 then
-        redis.call('LPUSH', base .. 'pending', index)
+      redis.call('HDEL', running, index)
+      if redis.call('EXISTS', chunk_prefix .. index) == 1 then
+        redis.call('LPUSH', pending, index)
       end
     end
     moved = moved + 1
   end
 end
 return moved
-"""
+""")
 
-# Worker, for a call whose driver is gone: delete all of it. ARGV: base.
-_REAP = """
-local base = ARGV[1]
-local n = tonumber(redis.call('GET', base .. 'count') or '0')
+# Worker, for a call whose driver is gone: delete all of it, the keys CallKeys.all
+# lists for its stored chunk count: the fixed keys, the reducer's result (ARGV[1]:
+# its number), each chunk and result. Returns the chunk count.
+_REAP = _call_script(f"""
+local n = tonumber(redis.call('GET', count) or '0')
 for i = 0, n - 1 do
-  redis.call('UNLINK', base .. 'chunk:' .. i, base .. 'result:' .. i)
+  redis.call('UNLINK', chunk_prefix .. i, result_prefix .. i)
 end
-for _, name in ipairs({'func', 'done', 'tries', 'running', 'pending', 'slots', 'owners',
-                       'fenced', 'count', 'open', 'alive', 'result:-1', 'meta', 'records',
-                       'output', 'outbytes', 'folds'}) do
-  redis.call('UNLINK', base .. name)
-end
+redis.call('UNLINK', result_prefix .. ARGV[1])
+redis.call('UNLINK', unpack(KEYS, 1, {len(CallKeys.FIXED)}))
 return n
-"""
+""")
 
 # Worker main process: its beat, stamped with the server's clock (no skew between
-# machines). KEYS: beats, info. ARGV: worker, info, seconds to keep the registry.
-_BEAT = """
+# machines). ARGV: worker, info, seconds to keep the registry.
+_BEAT = _registry_script("""
 local t = redis.call('TIME')
-redis.call('ZADD', KEYS[1], t[1] + t[2] / 1000000, ARGV[1])
+redis.call('ZADD', beats, t[1] + t[2] / 1000000, ARGV[1])
 if ARGV[2] == '' then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('ZREM', beats, ARGV[1])
+  redis.call('HDEL', info, ARGV[1])
 else
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  redis.call('HSET', info, ARGV[1], ARGV[2])
 end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('EXPIRE', beats, ARGV[3])
+redis.call('EXPIRE', info, ARGV[3])
 return 1
-"""
+""")
 
 # Driver: the workers that beat within the grace, their info, and the ones that
-# stopped beating (forgotten after ARGV[2] s). KEYS: beats, info. ARGV: grace, forget.
-_ROLL = """
+# stopped beating (forgotten after ARGV[2] s). ARGV: grace, forget.
+_ROLL = _registry_script("""
 local t = redis.call('TIME')
 local now = t[1] + t[2] / 1000000
-local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+local old = redis.call('ZRANGEBYSCORE', beats, '-inf', now - tonumber(ARGV[2]))
 if #old > 0 then
-  redis.call('ZREM', KEYS[1], unpack(old))
-  redis.call('HDEL', KEYS[2], unpack(old))
+  redis.call('ZREM', beats, unpack(old))
+  redis.call('HDEL', info, unpack(old))
 end
-local alive = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])))
+local alive = redis.call('ZRANGEBYSCORE', beats, now - tonumber(ARGV[1]), '+inf')
+local dead = redis.call('ZRANGEBYSCORE', beats, '-inf', '(' .. (now - tonumber(ARGV[1])))
 local infos = {}
-for i, name in ipairs(alive) do infos[i] = redis.call('HGET', KEYS[2], name) or '' end
+for i, name in ipairs(alive) do infos[i] = redis.call('HGET', info, name) or '' end
 return {alive, infos, dead}
-"""
+""")
 
 OPEN = -1  # Taken.pending when the call may still queue chunks
 ABANDONED = -2  # Taken.pending when the call's driver is gone
@@ -235,7 +259,6 @@ def next_chunk(
     chunk moves on if it dies); ``watch``: drop the call if its driver is gone.
     """
     argv: list[str | bytes | int] = [
-        keys.base,
         slot,
         TTL,
         str(report.index) if report else "",
@@ -250,10 +273,10 @@ def next_chunk(
     if report is not None and report.parked:  # parked in the same round trip
         pipe = client.pipeline(transaction=False)
         pipe.set(keys.result(report.index), report.parked, ex=TTL)
-        script(keys=[keys.done], args=argv, client=pipe)
+        script(keys=keys.script_keys, args=argv, client=pipe)
         reply = pipe.execute()[-1]
     else:
-        reply = script(keys=[keys.done], args=argv, client=client)
+        reply = script(keys=keys.script_keys, args=argv, client=client)
     accepted, index, tries, job, chunk, pending = reply
     return Taken(
         accepted=bool(accepted),
@@ -266,23 +289,23 @@ def next_chunk(
     )
 
 
-# KEYS: guard (the job), done, parked key, meta, records. ARGV: record, parked value,
-# ttl, index. A named call also keeps the record (and the value) for its keep time.
-# The reducer's record is pushed only while the call's job still exists.
-_PUSH = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+# ARGV: record, parked value, ttl, index. A named call also keeps the record (and the
+# value) for its keep time. The record (the reducer's) is pushed only while the call's
+# job still exists.
+_PUSH = _call_script("""
+if redis.call('EXISTS', func) == 0 then return 0 end
 local ttl = ARGV[3]
-local keep = redis.call('HGET', KEYS[4], 'keep')  -- a named call's
+local keep = redis.call('HGET', meta, 'keep')  -- a named call's
 if keep then ttl = math.max(tonumber(ttl), tonumber(keep)) end
-if ARGV[2] ~= '' then redis.call('SET', KEYS[3], ARGV[2], 'EX', ttl) end
-redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ttl)
+if ARGV[2] ~= '' then redis.call('SET', result_prefix .. ARGV[4], ARGV[2], 'EX', ttl) end
+redis.call('RPUSH', done, ARGV[1])
+redis.call('EXPIRE', done, ttl)
 if keep then
-  redis.call('HSET', KEYS[5], ARGV[4], ARGV[1])
-  redis.call('EXPIRE', KEYS[5], ttl)
+  redis.call('HSET', records, ARGV[4], ARGV[1])
+  redis.call('EXPIRE', records, ttl)
 end
 return 1
-"""
+""")
 
 
 def push_record(
@@ -290,7 +313,7 @@ def push_record(
 ) -> bool:
     """Push a record for the driver (and park its value) unless the call is gone."""
     pushed = _script(client, _PUSH)(
-        keys=[keys.func, keys.done, keys.result(index), keys.meta, keys.records],
+        keys=keys.script_keys,
         args=[record, parked, TTL, index],
         client=client,
     )
@@ -299,17 +322,18 @@ def push_record(
 
 def requeue(client: redis.Redis, keys: CallKeys, dead: list[str]) -> int:
     """Give the chunks of the slots that ``dead`` workers ran back; how many slots that was."""
-    return int(_script(client, _REQUEUE)(keys=[keys.done], args=[keys.base, TTL, *dead]))
+    return int(_script(client, _REQUEUE)(keys=keys.script_keys, args=[TTL, *dead]))
 
 
 def reap(client: redis.Redis, keys: CallKeys) -> None:
-    """Delete everything of a call whose driver is gone."""
-    _script(client, _REAP)(keys=[keys.done], args=[keys.base])
+    """Delete everything of a call whose driver is gone (every key ``keys.all`` lists for
+    the chunks it stored)."""
+    _script(client, _REAP)(keys=keys.script_keys, args=[REDUCED])
 
 
 def beat(client: redis.Redis, keys: QueueKeys, worker: str, info: str, keep: float) -> None:
     """A worker's heartbeat (``info`` '': it leaves the registry)."""
-    _script(client, _BEAT)(keys=[keys.beats, keys.info], args=[worker, info, int(keep)])
+    _script(client, _BEAT)(keys=keys.worker_keys, args=[worker, info, int(keep)])
 
 
 @dataclass(frozen=True)
@@ -321,6 +345,6 @@ class Roll:
 
 
 def roll(client: redis.Redis, keys: QueueKeys, grace: float, forget: float = 3600) -> Roll:
-    names, infos, dead = _script(client, _ROLL)(keys=[keys.beats, keys.info], args=[grace, forget])
+    names, infos, dead = _script(client, _ROLL)(keys=keys.worker_keys, args=[grace, forget])
     alive = {n.decode(): i.decode() for n, i in zip(names, infos, strict=True)}
     return Roll(alive, [d.decode() for d in dead])

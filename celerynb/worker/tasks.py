@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import secrets
 import time
@@ -17,15 +17,19 @@ from ..options import SlotOptions
 from ..plane import INLINE, DataPlane, codec, delete
 from ..plane.codec import Job
 from ..plane.keys import REDUCED, CallKeys
-from ..plane.records import Record, RunMeta, Status
+from ..plane.records import FoldRequest, Record, RunMeta, Status
 from ..plane.scripts import ABANDONED, OPEN, Report, Taken, next_chunk, push_record, reap
-from ..settings import REDUCE, RUN_CHUNKS
+from ..settings import REDUCE, RUN_CHUNKS, Tuning
 from . import app, context, leaving
 from .capture import Capture
 
-# a draining task hands its slot on to a fresh message after this long
-DRAIN_SECONDS = float(os.environ.get("CELERYNB_DRAIN_SECONDS", "10"))
 OPEN_WAIT = 0.2  # seconds a draining task waits at a time for an open call's next chunks
+
+
+@functools.cache
+def tuning() -> Tuning:
+    """The worker's limits, read from its environment at its first task (not at import)."""
+    return Tuning.from_env()
 
 
 def compute(job: Job, chunk: object, opts: SlotOptions) -> object:
@@ -151,7 +155,7 @@ def run_chunks(self: Task, call: str, slot: str, opts: SlotOptions, spare: bool 
     """Run the call's pending chunks one after another; return which (for monitoring).
 
     One round trip per chunk reports the last chunk and takes the next (see
-    ``plane.scripts``). After ``DRAIN_SECONDS``, or when this worker begins a
+    ``plane.scripts``). After ``Tuning.drain_seconds``, or when this worker begins a
     warm shutdown, the slot goes on in a fresh message, so other calls (and
     workers) get their turn and no message stays unacked for long. A ``spare``
     message waits in the queue for a worker that joins: once it takes a
@@ -159,7 +163,7 @@ def run_chunks(self: Task, call: str, slot: str, opts: SlotOptions, spare: bool 
     """
     ctx, keys, worker = context, CallKeys(call), self.request.hostname or ""
     plane, slot = ctx.plane(opts.shm), str(slot)
-    stop = time.monotonic() + DRAIN_SECONDS
+    stop = time.monotonic() + tuning().drain_seconds
     report: Report | None = None
     ran: list[int] = []
     while True:
@@ -230,8 +234,8 @@ def _fold(keys: CallKeys, opts: SlotOptions, worker: str) -> bool:
     blob = context.redis.lpop(keys.folds)
     if not blob:
         return False
-    parts, out = json.loads(bytes(codec.verify(context.secret, blob)))  # type: ignore[arg-type]
-    reduce_into(keys.call, parts, opts.shm, out, worker)
+    fold = FoldRequest.decode(context.secret, blob)  # type: ignore[arg-type]
+    reduce_into(keys.call, list(fold.parts), opts.shm, fold.out, worker)
     return True
 
 
