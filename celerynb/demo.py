@@ -8,6 +8,8 @@ import time
 import numpy as np
 import pandas as pd
 
+from .procs import find_redis_server
+
 
 def make_frame(rows: int, seed: int = 0) -> pd.DataFrame:
     """A synthetic customer table: four numeric columns."""
@@ -50,7 +52,6 @@ def run(rows: int = 200_000, n_workers: int | None = None) -> int:
     Raises ClusterError at once if the embedded cluster has no server to start.
     """
     from . import LocalCluster, cmap
-    from .procs import find_redis_server
 
     find_redis_server()
     df = make_frame(rows)

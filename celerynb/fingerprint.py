@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import cloudpickle
 
+from .inputs import _numpy, _pandas
+
 if TYPE_CHECKING:
     from .options import CallOptions
 
@@ -71,8 +73,6 @@ def _func_digest(func: object, h: Digest) -> None:
 
 
 def _data_digest(data: object, h: Digest) -> None:
-    from .inputs import _numpy, _pandas
-
     pd, np = _pandas(), _numpy()
     if pd is not None and isinstance(data, pd.DataFrame | pd.Series | pd.Index):
         h.update(repr((type(data).__name__, data.shape, getattr(data, "dtypes", None))).encode())

@@ -1,4 +1,8 @@
-"""A look inside a call: one row per chunk run, and a picture of the chunks over time."""
+"""A look inside a call: one row per chunk run, and a picture of the chunks over time.
+
+Cheap to import, so its importers need no deferral: pandas, and matplotlib (an optional
+dependency), are imported when a frame or a figure is first made.
+"""
 
 from __future__ import annotations
 

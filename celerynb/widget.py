@@ -1,4 +1,4 @@
-"""The ipywidgets progress bar (imported only where ipywidgets is wanted)."""
+"""The ipywidgets progress bar (ipywidgets itself is imported only when a bar is made)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .progress import Display, _Throttled
+from .display import Display, Throttled
 
 if TYPE_CHECKING:
     from .call import Snapshot
@@ -18,7 +18,7 @@ WIDGET_INTERVAL = 0.08
 _BAR_STYLE = {"finished": "success", "cancelled": "warning"}  # anything else: danger
 
 
-class WidgetDisplay(_Throttled):
+class WidgetDisplay(Throttled):
     """An ipywidgets bar: title, IntProgress over chunks, a Cancel button, and a label.
 
     Displayed at once with ``display()``, so it shows wherever the call is made

@@ -19,15 +19,8 @@ from IPython.utils.capture import capture_output
 import celerynb
 from celerynb import progress, widget
 from celerynb.call import CallState, Snapshot
-from celerynb.progress import (
-    NoDisplay,
-    NotebookTextDisplay,
-    Progress,
-    TextDisplay,
-    format_rate,
-    format_seconds,
-    make_display,
-)
+from celerynb.display import NoDisplay, Progress, format_rate, format_seconds
+from celerynb.progress import NotebookTextDisplay, TextDisplay, make_display
 from celerynb.widget import WidgetDisplay
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
