@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 import cloudpickle
 from kombu.serialization import register
 
+from .. import __version__
 from ..errors import SignatureError, VersionMismatch
 
 MAGIC = b"CNB1"
@@ -280,8 +281,6 @@ def _pickle_with_locals(obj: object, roots: tuple[object, ...]) -> bytes:
 # -- the job -------------------------------------------------------------------------------------
 def versions() -> dict[str, str]:
     """The versions a pickled function depends on, on this side."""
-    from .. import __version__
-
     return {
         "python": "{}.{}.{}".format(*sys.version_info[:3]),
         "cloudpickle": cloudpickle.__version__,
