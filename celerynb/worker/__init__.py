@@ -7,13 +7,14 @@ one draining task for every call's chunks and one reduce task.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import mmap
 import os
+import secrets
 import socket
 import sys
 import threading
+import time
 from collections import OrderedDict
 
 import redis
@@ -23,6 +24,7 @@ from .. import plane
 from ..plane import DataPlane, RedisPlane, ShmPlane, codec, scripts
 from ..plane.codec import Job
 from ..plane.keys import QueueKeys
+from ..plane.records import WorkerInfo, WorkerState, worker_member
 from ..procs import die_with_parent
 from ..settings import ENV_SHM_DIR, Liveness, Settings, make_app
 
@@ -80,6 +82,10 @@ class Context:
             self._planes[shm] = found
         return found
 
+    def owner(self, name: str) -> str:
+        """Who runs a slot: worker ``name`` in this process start (its incarnation)."""
+        return worker_member(name, incarnation)
+
     def job(self, call: str, blob: bytes | None, worker: str) -> Job:
         """The call's job: kept from an earlier chunk, else loaded from ``blob``."""
         job = self.jobs.get(call)
@@ -93,6 +99,19 @@ class Context:
 
 
 context = Context()
+
+# This worker's process start: a fresh id made in the main process before the pool forks
+# (the pool processes share it). A worker restarted under the same name is a new member
+# of the registry, so the slots the dead one ran are seen to be lost.
+incarnation = ""
+
+
+def new_incarnation() -> None:
+    global incarnation, started
+    incarnation, started = secrets.token_hex(4), time.time()
+
+
+started = 0.0
 
 # Set by the main process when a warm shutdown begins; the pool processes (forked
 # after this mapping was made) read it between chunks and hand their slots over.
@@ -119,19 +138,17 @@ class Heartbeat(threading.Thread):
         self.interval = Liveness.from_env().heartbeat
         self.stopped = threading.Event()
 
-    def info(self) -> str:
-        state = "leaving" if leaving() else "up"
+    def info(self) -> WorkerInfo:
+        state = WorkerState.LEAVING if leaving() else WorkerState.UP
         host, pid = socket.gethostname(), os.getpid()
-        return json.dumps(
-            {"concurrency": self.concurrency, "state": state, "host": host, "pid": pid}
-        )
+        return WorkerInfo(self.hostname, incarnation, host, pid, self.concurrency, state, started)
 
     def run(self) -> None:
         assert settings is not None
         client = plane.connect(settings.backend_url, socket_timeout=5)
         try:
             while not self.stopped.is_set():
-                self._beat(client, self.info())
+                self._beat(client, self.info().encode())
                 self.stopped.wait(self.interval)
             self._beat(client, "")  # a clean shutdown: out of the registry
         finally:
@@ -139,7 +156,8 @@ class Heartbeat(threading.Thread):
 
     def _beat(self, client: redis.Redis, info: str) -> None:
         try:
-            scripts.beat(client, self.keys, self.hostname, info, keep=24 * 3600)
+            member = worker_member(self.hostname, incarnation)
+            scripts.beat(client, self.keys, member, info, keep=24 * 3600)
         except redis.RedisError as exc:
             log.warning("celerynb heartbeat failed: %s", exc)
 
@@ -151,6 +169,7 @@ _heartbeat: Heartbeat | None = None
 def _check_settings(**_: object) -> None:
     if settings is None:
         raise SystemExit(f"celerynb worker cannot start: {_config_error}")
+    new_incarnation()
     for name in ("numpy", "pandas"):  # preload before forking the pool
         with contextlib.suppress(ImportError):
             __import__(name)
