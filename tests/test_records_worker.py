@@ -1,4 +1,4 @@
-"""The records of the workers' registry, round-tripped without Redis."""
+"""The records of the workers' registry and start-up reports, round-tripped without Redis."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from celerynb.plane.records import WorkerInfo, WorkerState, superseded, worker_member
+from celerynb.plane.records import (
+    ReadyKind,
+    ReadyLine,
+    WorkerInfo,
+    WorkerState,
+    superseded,
+    worker_member,
+)
+from celerynb.settings import Settings
 
 names = st.text(min_size=1, max_size=30)
 incarnations = st.text(alphabet="0123456789abcdef", min_size=1, max_size=16)
@@ -92,3 +100,46 @@ def test_each_name_keeps_its_newest_incarnation_and_no_other_that_is_up(
     for name in {info.name for info in unique}:
         up = [i for i in kept if i.name == name and i.state is WorkerState.UP]
         assert len(up) <= 1
+
+
+# -- ready reports -------------------------------------------------------------------------------
+words = st.text(
+    st.characters(blacklist_categories=["Z", "C"], blacklist_characters="'"), min_size=1
+)
+ready_lines = st.one_of(
+    st.builds(ReadyLine, st.just(ReadyKind.POOL), pid=st.integers(1, 2**22)),
+    st.builds(
+        ReadyLine,
+        st.just(ReadyKind.WORKER),
+        words,
+        queue=st.text(st.characters(blacklist_characters="'\n\r")),
+        broker=words,
+        store=words,
+    ),
+)
+
+
+@given(ready_lines)
+def test_a_ready_line_round_trips(line: ReadyLine) -> None:
+    assert ReadyLine.decode(line.encode()) == line
+    assert ReadyLine.decode(line.encode().encode() + b"\n") == line
+
+
+@given(st.text())
+def test_any_other_log_line_is_no_report(text: str) -> None:
+    found = ReadyLine.decode(text)
+    assert found is None or "celerynb worker" in text
+
+
+def test_the_workers_report_names_it_and_masks_passwords() -> None:
+    settings = Settings("redis://:hunter2@broker:6379/0", secret="s", queue="q1")
+    line = settings.ready_line("gpu1@box").encode()
+    assert line == (
+        "celerynb worker gpu1@box ready: queue 'q1', "
+        "broker redis://:***@broker:6379/0, store redis://:***@broker:6379/0"
+    )
+    assert "hunter2" not in line
+    assert ReadyLine.decode(f"[2024-01-01 12:00] {line}") == ReadyLine(
+        ReadyKind.WORKER, "gpu1@box", queue="q1", broker=settings.ready_line("x").broker,
+        store=settings.ready_line("x").store,
+    )  # fmt: skip

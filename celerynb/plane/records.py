@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import dataclass, field
 
 from ..errors import RemoteFailure
@@ -168,3 +169,53 @@ def _number(value: object, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         return default
     return float(value) if abs(value) != float("inf") else default
+
+
+# -- a worker's start-up report -------------------------------------------------------------------
+class ReadyKind(enum.Enum):
+    POOL = "pool"  # one pool process is initialised
+    WORKER = "worker"  # the main process consumes the queue
+
+
+_READY_WORKER = re.compile(
+    r"celerynb worker (?P<name>\S+) ready: queue (?P<queue>'[^']*'), "
+    r"broker (?P<broker>\S+), store (?P<store>\S+)"
+)
+_READY_POOL = re.compile(r"celerynb worker pool process (?P<pid>\d+) ready")
+
+
+@dataclass(frozen=True)
+class ReadyLine:
+    """A worker's report that it is up, one line of text: what ``celerynb worker`` prints
+    on stderr (the detached cluster's log, where its starter looks for it) and what the
+    embedded worker writes to its ready pipe (a line per pool process, then the main's).
+    ``broker`` and ``store`` are URLs with their passwords masked."""
+
+    kind: ReadyKind
+    name: str = ""  # the worker's (main)
+    pid: int = 0  # the pool process's
+    queue: str = ""
+    broker: str = ""
+    store: str = ""
+
+    def encode(self) -> str:
+        """The line, without its newline."""
+        if self.kind is ReadyKind.POOL:
+            return f"celerynb worker pool process {self.pid} ready"
+        return (
+            f"celerynb worker {self.name} ready: queue '{self.queue}', "
+            f"broker {self.broker}, store {self.store}"
+        )
+
+    @classmethod
+    def decode(cls, line: str | bytes) -> ReadyLine | None:
+        """The report in ``line`` (None if it is no report: any other log line)."""
+        text = line.decode(errors="replace") if isinstance(line, bytes) else line
+        found = _READY_WORKER.search(text)
+        if found:
+            name, queue, broker, store = found.group("name", "queue", "broker", "store")
+            return cls(ReadyKind.WORKER, name, queue=queue[1:-1], broker=broker, store=store)
+        found = _READY_POOL.search(text)
+        if found:
+            return cls(ReadyKind.POOL, pid=int(found.group("pid")))
+        return None
