@@ -101,8 +101,7 @@ def _announce_ready(settings: Settings) -> Callable[..., None]:
     def ready(sender: object = None, **_: object) -> None:
         name = getattr(sender, "hostname", "") or "worker"
         print(
-            f"celerynb worker {name} ready: queue {settings.queue!r}, "
-            f"broker {mask_url(settings.broker_url)}, store {mask_url(settings.backend_url)}",
+            settings.ready_line(name).encode(),
             file=sys.__stderr__ or sys.stderr,  # past Celery's redirection of stderr to its log
             flush=True,
         )
@@ -117,15 +116,17 @@ def _worker(args: argparse.Namespace, extra: list[str]) -> int:
     except WorkerConfigError as exc:
         print(f"celerynb worker: error: {exc}", file=sys.stderr)
         return exc.code
-    os.environ.update(settings.env())  # celerynb.worker reads its settings from here
+    os.environ.update(settings.env())  # what a chunk starts sees the same settings
     os.environ.setdefault("C_FORCE_ROOT", "1")  # the payloads are signed; see README
     from celery import signals
 
     from . import worker
     from .worker.embedded import freeze_before_fork
 
-    if worker.settings is None:  # pragma: no cover - the environment was just set
-        print(f"celerynb worker: error: {worker._config_error}", file=sys.stderr)
+    try:
+        worker.start(settings)
+    except ValueError as exc:  # e.g. a heartbeat that is not a number of seconds
+        print(f"celerynb worker: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     handler = _announce_ready(settings)
     signals.worker_ready.connect(handler, weak=False)

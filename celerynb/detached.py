@@ -28,20 +28,14 @@ import redis
 
 from .errors import ClusterError
 from .plane.codec import new_secret
+from .plane.records import ReadyKind, ReadyLine
 from .procs import alive, find_redis_server, free_port, tail, usable_cores
-from .settings import ENV_SECRET, mask_url
-
-ENV_STATE_DIR = "CELERYNB_STATE_DIR"
-READY_LINE = " ready: queue "  # what `celerynb worker` prints once it consumes
+from .settings import ENV_SECRET, Places, mask_url
 
 
 def state_dir() -> Path:
     """``CELERYNB_STATE_DIR``, else ``$XDG_STATE_HOME/celerynb`` (``~/.local/state/celerynb``)."""
-    found = os.environ.get(ENV_STATE_DIR)
-    if found:
-        return Path(found).expanduser()
-    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(xdg) / "celerynb"
+    return Places.from_env().state_dir
 
 
 def state_file() -> Path:
@@ -108,6 +102,11 @@ class DetachedCluster:
     def log(self, lines: int = 30) -> str:
         """The last lines of the worker's log."""
         return tail(Path(self.dir) / "worker.log", lines)
+
+    def reported_ready(self, hostname: str) -> bool:
+        """Whether the worker ``hostname`` says in its log that it consumes the queue."""
+        reports = (ReadyLine.decode(line) for line in self.log(200).splitlines())
+        return any(r and r.kind is ReadyKind.WORKER and r.name == hostname for r in reports)
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop the worker (warm shutdown, then killed after ``grace`` s), then the server;
@@ -192,7 +191,7 @@ def start(n_workers: int | None = None, timeout: float = 60.0) -> DetachedCluste
         url, secret, redis_pid, worker_pid, concurrency, str(directory), cluster.started
     )
     cluster.save()
-    if not _wait(lambda: READY_LINE in cluster.log(200), worker_pid, timeout):
+    if not _wait(lambda: cluster.reported_ready(hostname), worker_pid, timeout):
         log = cluster.log()
         cluster.stop(grace=0)
         raise ClusterError(f"the detached worker did not start; its log ends with:\n{log}")

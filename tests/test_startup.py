@@ -20,6 +20,7 @@ from support import forget_queue
 
 import celerynb
 from celerynb.plane.codec import new_secret
+from celerynb.plane.records import ReadyKind, ReadyLine
 from celerynb.procs import ReadyWaiter, die_with_parent
 from celerynb.settings import ENV_EMBEDDED, ENV_READY_FD, Settings
 from celerynb.worker.embedded import await_redis, ready_pipe
@@ -27,6 +28,17 @@ from celerynb.worker.embedded import await_redis, ready_pipe
 
 def _double(xs: list[int]) -> list[int]:
     return [x * 2 for x in xs]
+
+
+def pool(pid: int) -> bytes:
+    """A pool process's report, as the worker writes it."""
+    return ReadyLine(ReadyKind.POOL, pid=pid).encode().encode() + b"\n"
+
+
+# the main process's report
+MAIN_LINE = (
+    Settings("redis://:pw@h:1/0", secret="s").ready_line("node@host").encode().encode() + b"\n"
+)
 
 
 # -- the driver's side of the pipe ----------------------------------------------
@@ -44,11 +56,11 @@ def pipe() -> Iterator[tuple[int, int]]:
 def test_ready_once_main_and_every_pool_process_reported(pipe: tuple[int, int]) -> None:
     r, w = pipe
     waiting = ReadyWaiter(r, children=2)
-    os.write(w, b"child 11\nready node@host\n")
+    os.write(w, pool(11) + MAIN_LINE)
     assert not waiting.wait(5)  # one pool process still missing
-    os.write(w, b"chi")
+    os.write(w, pool(12)[:10])
     assert not waiting.wait(5)  # half a line is no report
-    os.write(w, b"ld 12\n")
+    os.write(w, pool(12)[10:])
     assert waiting.wait(5)
     assert waiting.pids == {11, 12} and waiting.main_ready and not waiting.closed
 
@@ -56,7 +68,7 @@ def test_ready_once_main_and_every_pool_process_reported(pipe: tuple[int, int]) 
 def test_ready_when_the_pipe_closes_after_the_main_report(pipe: tuple[int, int]) -> None:
     r, w = pipe
     waiting = ReadyWaiter(r, children=2)
-    os.write(w, b"ready node@host\nchild 11\n")
+    os.write(w, MAIN_LINE + pool(11))
     os.close(w)  # the other pool process was replaced before it could report
     while not waiting.closed:
         waiting.wait(5)
@@ -66,7 +78,7 @@ def test_ready_when_the_pipe_closes_after_the_main_report(pipe: tuple[int, int])
 def test_not_ready_when_the_pipe_closes_without_a_main_report(pipe: tuple[int, int]) -> None:
     r, w = pipe
     waiting = ReadyWaiter(r, children=1)
-    os.write(w, b"child 11\n")
+    os.write(w, pool(11))
     os.close(w)
     while not waiting.closed:
         waiting.wait(5)

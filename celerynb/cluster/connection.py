@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import html
-import json
 import time
 from typing import TYPE_CHECKING
 
@@ -15,6 +14,7 @@ from .. import plane
 from ..errors import ClusterError
 from ..plane import DataPlane, RedisPlane, ShmPlane, scripts
 from ..plane.keys import QueueKeys
+from ..plane.records import WorkerInfo, WorkerState, superseded
 from ..plane.scripts import Roll
 from ..settings import Liveness, Settings, make_app, mask_url
 from . import registry
@@ -80,10 +80,21 @@ class Cluster:
                 ) from None
 
     def roll(self, max_age: float = 0.0) -> Roll:
-        """The queue's worker registry: who beats, who stopped (reused for ``max_age`` s)."""
+        """The queue's worker registry: who beats, who stopped (reused for ``max_age`` s).
+
+        Members are worker incarnations (``<name>#<incarnation>``). An incarnation is dead
+        once it stops beating for ``liveness.grace`` s, or at once when a newer incarnation
+        of its name beats (the worker was restarted under its name: the old process is
+        gone), unless it is in a warm shutdown, handing its slots over itself.
+        """
         stamp, known = self._roll
         if time.monotonic() - stamp >= max_age:
             known = scripts.roll(self.redis, QueueKeys(self.settings.queue), self.liveness.grace)
+            infos = [WorkerInfo.decode(member, text) for member, text in known.alive.items()]
+            gone = set(superseded(infos))
+            if gone:
+                alive = {m: text for m, text in known.alive.items() if m not in gone}
+                known = Roll(alive, [*known.dead, *sorted(gone)])
             self._roll = (time.monotonic(), known)
         return known
 
@@ -91,14 +102,11 @@ class Cluster:
         """Worker name -> pool size of the live workers on this cluster's queue, from their
         heartbeats (``max_age``: seconds an earlier reading may be reused). A worker in a
         warm shutdown is not counted."""
-        found = {}
-        for name, text in self.roll(max_age).alive.items():
-            try:
-                info = json.loads(text)
-            except ValueError:
-                info = {}
-            if info.get("state") != "leaving":
-                found[name] = int(info.get("concurrency", 1))
+        found: dict[str, int] = {}
+        for member, text in self.roll(max_age).alive.items():
+            info = WorkerInfo.decode(member, text)
+            if info.state is not WorkerState.LEAVING:
+                found[info.name] = found.get(info.name, 0) + info.concurrency
         return found
 
     @property

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from ..errors import ClusterError
 from ..settings import ENV_BROKER, Liveness, Settings
 from . import registry
@@ -32,7 +30,7 @@ def connect(
     before its chunks run elsewhere (default 6). Fails in a few seconds if the
     broker or the store is unreachable (workers may start later).
     """
-    if broker_url is None and not os.environ.get(ENV_BROKER):
+    if broker_url is None and not Settings.deployment_url():
         from ..detached import DetachedCluster, state_file
 
         found = DetachedCluster.load()
@@ -65,4 +63,4 @@ def default_cluster() -> Cluster:
         found = registry.current()
         if found is not None:
             return found
-        return connect() if os.environ.get(ENV_BROKER) else LocalCluster()
+        return connect() if Settings.deployment_url() else LocalCluster()

@@ -30,15 +30,7 @@ from ..procs import (
     tail,
     usable_cores,
 )
-from ..settings import (
-    ENV_EMBEDDED,
-    ENV_READY_FD,
-    ENV_SHM_DIR,
-    ENV_SHM_ROOT,
-    Liveness,
-    Settings,
-    mask_url,
-)
+from ..settings import Liveness, Places, Settings, WorkerEnv, mask_url
 from . import registry
 from .connection import Cluster
 
@@ -117,19 +109,16 @@ class EmbeddedProcesses:
         """Start the worker process; the read end of the pipe it reports ready on."""
         env = dict(os.environ)
         env.update(settings.env())
-        env["CELERYNB_DIE_WITH_PARENT"] = "1"
-        env[ENV_EMBEDDED] = "1"
         env["C_FORCE_ROOT"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
-        if shm is not None:
-            env[ENV_SHM_DIR] = str(shm.directory)
         self.hostname = f"celerynb-local-{os.getpid()}-{settings.key_id[:6]}@{socket.gethostname()}"
         # Celery's CLI is skipped (its import alone costs ~0.15 s); the flags
         # --without-mingle --without-gossip --without-heartbeat are set there
         args = [sys.executable, "-m", "celerynb.worker.embedded", "--hostname", self.hostname,
                 "--concurrency", str(self.concurrency), "--loglevel", "WARNING"]  # fmt: skip
         ready_r, ready_w = os.pipe()
-        env[ENV_READY_FD] = str(ready_w)
+        shm_dir = str(shm.directory) if shm is not None else ""
+        env.update(WorkerEnv(True, shm_dir, die_with_parent=True, ready_fd=ready_w).env())
         try:
             with open(self.dir / "worker.log", "ab") as log:
                 self.worker_proc = spawn(
@@ -333,7 +322,8 @@ class LocalCluster(Cluster):
 def _shared_memory(secret: str) -> ShmStore | None:
     """Where big data goes: files on a tmpfs (``CELERYNB_SHM_ROOT``, default /dev/shm;
     ``off``: none), if that is a writable tmpfs; else None (through Redis)."""
-    root = os.environ.get(ENV_SHM_ROOT, str(DEFAULT_ROOT))
-    if root.lower() in ("", "0", "off", "no", "false") or not ShmStore.available(root):
+    places = Places.from_env()
+    root = places.shm_root or str(DEFAULT_ROOT)
+    if places.shm_off or not ShmStore.available(root):
         return None
     return ShmStore.create(secret, root)

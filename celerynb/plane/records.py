@@ -1,9 +1,10 @@
-"""The typed records a worker sends the driver for each chunk it ran."""
+"""Every record that crosses a process boundary, each with one encode and one decode."""
 
 from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -100,3 +101,153 @@ class FoldRequest:
             case [list(parts), int(out)] if all(type(i) is int for i in [*parts, out]):
                 return cls(parts, out)
         raise ValueError(f"not a fold request: {body!r}"[:200])
+
+
+# -- the workers' registry ------------------------------------------------------------------------
+class WorkerState(enum.Enum):
+    UP = "up"  # takes chunks
+    LEAVING = "leaving"  # in a warm shutdown: hands its slots over, takes nothing more
+
+
+INCARNATION_SEP = "#"  # between a worker's name and its incarnation in a registry member
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One worker process start (an *incarnation* of the worker ``name``) as its heartbeat
+    describes it. The registry member (and the owner of the slots it runs) is
+    ``<name>#<incarnation>``: a worker restarted under the same name is a new member, so
+    the chunks of the one that died are seen to be lost. ``started``: its wall-clock start."""
+
+    name: str
+    incarnation: str = ""
+    host: str = ""
+    pid: int = 0
+    concurrency: int = 1
+    state: WorkerState = WorkerState.UP
+    started: float = 0.0
+
+    @property
+    def member(self) -> str:
+        """Its member in the registry: ``<name>#<incarnation>`` (the name alone if none)."""
+        return worker_member(self.name, self.incarnation)
+
+    def encode(self) -> str:
+        """The registry's info value (JSON; name and incarnation are in the member)."""
+        return json.dumps(
+            {
+                "concurrency": self.concurrency,
+                "state": self.state.value,
+                "host": self.host,
+                "pid": self.pid,
+                "started": self.started,
+            }
+        )
+
+    @classmethod
+    def decode(cls, member: str, text: str | bytes) -> WorkerInfo:
+        """The info of registry ``member``; what is missing or garbled in ``text`` (an
+        older worker's entry, a torn write) takes its default: one pool process, up."""
+        name, _, incarnation = member.rpartition(INCARNATION_SEP)
+        if not name:  # no incarnation: a worker of an older celerynb
+            name, incarnation = member, ""
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        if not isinstance(data, dict):
+            return cls(name, incarnation)
+        return cls(
+            name,
+            incarnation,
+            host=host if isinstance(host := data.get("host"), str) else "",
+            pid=int(_number(data.get("pid"), 0)),
+            concurrency=max(1, int(_number(data.get("concurrency"), 1))),
+            state=_STATE.get(str(data.get("state", "")), WorkerState.UP),
+            started=_number(data.get("started"), 0.0),
+        )
+
+
+_STATE = {s.value: s for s in WorkerState}
+
+
+def worker_member(name: str, incarnation: str) -> str:
+    """The registry member (and slot owner) of incarnation ``incarnation`` of worker ``name``."""
+    return f"{name}{INCARNATION_SEP}{incarnation}" if incarnation else name
+
+
+def superseded(infos: list[WorkerInfo]) -> list[str]:
+    """The members among ``infos`` (the live ones of a registry) that a newer incarnation
+    of their name replaced: that worker was restarted, the old process is gone. One in a
+    warm shutdown is not among them: it still hands its slots over itself."""
+    newest: dict[str, WorkerInfo] = {}
+    for info in infos:
+        best = newest.get(info.name)
+        if info.incarnation and (
+            best is None or (info.started, info.incarnation) > (best.started, best.incarnation)
+        ):
+            newest[info.name] = info
+    return [
+        info.member
+        for info in infos
+        if info.incarnation
+        and info is not newest[info.name]
+        and info.state is not WorkerState.LEAVING
+    ]
+
+
+def _number(value: object, default: float) -> float:
+    """``value`` if it is a (finite) number, else ``default``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        return default
+    return float(value) if abs(value) != float("inf") else default
+
+
+# -- a worker's start-up report -------------------------------------------------------------------
+class ReadyKind(enum.Enum):
+    POOL = "pool"  # one pool process is initialised
+    WORKER = "worker"  # the main process consumes the queue
+
+
+_READY_WORKER = re.compile(
+    r"celerynb worker (?P<name>\S+) ready: queue (?P<queue>'[^']*'), "
+    r"broker (?P<broker>\S+), store (?P<store>\S+)"
+)
+_READY_POOL = re.compile(r"celerynb worker pool process (?P<pid>\d+) ready")
+
+
+@dataclass(frozen=True)
+class ReadyLine:
+    """A worker's report that it is up, one line of text: what ``celerynb worker`` prints
+    on stderr (the detached cluster's log, where its starter looks for it) and what the
+    embedded worker writes to its ready pipe (a line per pool process, then the main's).
+    ``broker`` and ``store`` are URLs with their passwords masked."""
+
+    kind: ReadyKind
+    name: str = ""  # the worker's (main)
+    pid: int = 0  # the pool process's
+    queue: str = ""
+    broker: str = ""
+    store: str = ""
+
+    def encode(self) -> str:
+        """The line, without its newline."""
+        if self.kind is ReadyKind.POOL:
+            return f"celerynb worker pool process {self.pid} ready"
+        return (
+            f"celerynb worker {self.name} ready: queue '{self.queue}', "
+            f"broker {self.broker}, store {self.store}"
+        )
+
+    @classmethod
+    def decode(cls, line: str | bytes) -> ReadyLine | None:
+        """The report in ``line`` (None if it is no report: any other log line)."""
+        text = line.decode(errors="replace") if isinstance(line, bytes) else line
+        found = _READY_WORKER.search(text)
+        if found:
+            name, queue, broker, store = found.group("name", "queue", "broker", "store")
+            return cls(ReadyKind.WORKER, name, queue=queue[1:-1], broker=broker, store=store)
+        found = _READY_POOL.search(text)
+        if found:
+            return cls(ReadyKind.POOL, pid=int(found.group("pid")))
+        return None

@@ -1,20 +1,26 @@
 """The Celery app that workers run (``celerynb worker``, or ``celery -A celerynb.worker worker``).
 
-Settings come from the ``CELERYNB_*`` variables. The tasks are in ``tasks``:
-one draining task for every call's chunks and one reduce task.
+The app exists at import (Celery's CLI looks it up); it is configured when
+Celery first reads its configuration, from this process's :class:`Runtime`:
+the settings (``CELERYNB_*`` variables, or what ``celerynb worker`` passes),
+the heartbeat's timing and this process start's incarnation, built once, in
+the main process before the pool forks. The tasks are in ``tasks``: one
+draining task for every call's chunks and one reduce task.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import mmap
 import os
+import secrets
 import socket
 import sys
 import threading
+import time
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import redis
 from celery import Celery, signals
@@ -23,18 +29,72 @@ from .. import plane
 from ..plane import DataPlane, RedisPlane, ShmPlane, codec, scripts
 from ..plane.codec import Job
 from ..plane.keys import QueueKeys
+from ..plane.records import WorkerInfo, WorkerState, worker_member
 from ..procs import die_with_parent
-from ..settings import ENV_SHM_DIR, Liveness, Settings, make_app
+from ..settings import Liveness, Settings, WorkerEnv, app_config
 
 log = logging.getLogger(__name__)
 
-try:
-    settings: Settings | None = Settings.from_env()
-    _config_error = ""
-except ValueError as exc:
-    settings, _config_error = None, str(exc)
 
-app: Celery = make_app(settings) if settings else Celery("celerynb", set_as_current=False)
+@dataclass(frozen=True)
+class Runtime:
+    """What this worker process is, fixed when it starts.
+
+    ``incarnation``: a fresh id for this process start (the pool processes,
+    forked from it, share it). The worker's registry member and the owner of
+    the slots it runs are ``<name>#<incarnation>``: a worker restarted under
+    the same name is a new member, so the chunks the dead one held run again.
+    """
+
+    settings: Settings
+    liveness: Liveness
+    env: WorkerEnv
+    incarnation: str
+    started: float  # wall clock
+
+    @classmethod
+    def start(cls, settings: Settings | None = None) -> Runtime:
+        """``settings`` (default: from the ``CELERYNB_*`` variables) and the rest of the
+        environment, read now; ValueError if a setting is missing or wrong."""
+        return cls(
+            settings or Settings.from_env(),
+            Liveness.from_env(),
+            WorkerEnv.from_env(),
+            secrets.token_hex(4),
+            time.time(),
+        )
+
+    def member(self, name: str) -> str:
+        """The registry member (and slot owner) of worker ``name`` in this process start."""
+        return worker_member(name, self.incarnation)
+
+
+_runtime: Runtime | None = None
+_config_error = ""  # why the runtime could not be made (the worker refuses to start)
+
+
+def start(settings: Settings | None = None) -> Runtime:
+    """This process's runtime, made on the first call (see :meth:`Runtime.start`)."""
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime.start(settings)
+    return _runtime
+
+
+def _configure() -> dict[str, object]:
+    """The app's configuration, when Celery first needs it. Without usable settings it
+    stays Celery's default, and ``worker_init`` stops the worker with the reason."""
+    global _config_error
+    try:
+        found = start()
+    except ValueError as exc:
+        _config_error = str(exc)
+        return {}
+    return app_config(found.settings, embedded=found.env.embedded)
+
+
+app: Celery = Celery("celerynb", set_as_current=False)
+app.add_defaults(_configure)  # a promise: read when the configuration is first needed
 
 
 class Context:
@@ -52,15 +112,17 @@ class Context:
 
     @property
     def secret(self) -> str:
-        assert settings is not None
-        return settings.secret
+        return start().settings.secret
 
     @property
     def redis(self) -> redis.Redis:
         if self._client is None:
-            assert settings is not None
-            self._client = plane.connect(settings.backend_url)
+            self._client = plane.connect(start().settings.backend_url)
         return self._client
+
+    def owner(self, name: str) -> str:
+        """Who runs a slot: worker ``name`` in this process start (see :class:`Runtime`)."""
+        return start().member(name)
 
     def plane(self, shm: bool) -> DataPlane:
         """The Redis plane, or (``shm``) the embedded cluster's shared-memory plane."""
@@ -69,7 +131,7 @@ class Context:
             if shm:
                 from ..plane.shm import ShmStore
 
-                directory = os.environ.get(ENV_SHM_DIR)
+                directory = start().env.shm_dir
                 if not directory:
                     raise RuntimeError(
                         "this worker has no CELERYNB_SHM_DIR: it is not the embedded one"
@@ -111,35 +173,38 @@ class Heartbeat(threading.Thread):
     worker is leaving, and takes it out of the registry on a clean shutdown.
     """
 
-    def __init__(self, hostname: str, concurrency: int) -> None:
+    def __init__(self, runtime: Runtime, hostname: str, concurrency: int) -> None:
         super().__init__(name="celerynb-heartbeat", daemon=True)
-        assert settings is not None
-        self.hostname, self.concurrency = hostname, concurrency
-        self.keys = QueueKeys(settings.queue)
-        self.interval = Liveness.from_env().heartbeat
+        self.runtime, self.hostname, self.concurrency = runtime, hostname, concurrency
+        self.keys = QueueKeys(runtime.settings.queue)
         self.stopped = threading.Event()
 
-    def info(self) -> str:
-        state = "leaving" if leaving() else "up"
-        host, pid = socket.gethostname(), os.getpid()
-        return json.dumps(
-            {"concurrency": self.concurrency, "state": state, "host": host, "pid": pid}
+    def info(self) -> WorkerInfo:
+        state = WorkerState.LEAVING if leaving() else WorkerState.UP
+        return WorkerInfo(
+            self.hostname,
+            self.runtime.incarnation,
+            socket.gethostname(),
+            os.getpid(),
+            self.concurrency,
+            state,
+            self.runtime.started,
         )
 
     def run(self) -> None:
-        assert settings is not None
-        client = plane.connect(settings.backend_url, socket_timeout=5)
+        client = plane.connect(self.runtime.settings.backend_url, socket_timeout=5)
         try:
             while not self.stopped.is_set():
-                self._beat(client, self.info())
-                self.stopped.wait(self.interval)
+                self._beat(client, self.info().encode())
+                self.stopped.wait(self.runtime.liveness.heartbeat)
             self._beat(client, "")  # a clean shutdown: out of the registry
         finally:
             client.close()
 
     def _beat(self, client: redis.Redis, info: str) -> None:
         try:
-            scripts.beat(client, self.keys, self.hostname, info, keep=24 * 3600)
+            member = self.runtime.member(self.hostname)
+            scripts.beat(client, self.keys, member, info, keep=24 * 3600)
         except redis.RedisError as exc:
             log.warning("celerynb heartbeat failed: %s", exc)
 
@@ -149,8 +214,12 @@ _heartbeat: Heartbeat | None = None
 
 @signals.worker_init.connect
 def _check_settings(**_: object) -> None:
-    if settings is None:
+    if _config_error:  # the app could not be configured: it runs with Celery's defaults
         raise SystemExit(f"celerynb worker cannot start: {_config_error}")
+    try:
+        start()
+    except ValueError as exc:
+        raise SystemExit(f"celerynb worker cannot start: {exc}") from None
     for name in ("numpy", "pandas"):  # preload before forking the pool
         with contextlib.suppress(ImportError):
             __import__(name)
@@ -164,13 +233,12 @@ def _child_init(**_: object) -> None:
 @signals.worker_ready.connect
 def _start_beating(sender: object = None, **_: object) -> None:
     global _heartbeat
-    if settings is None:
+    if _runtime is None:
         return
     controller = getattr(sender, "controller", None)
     concurrency = int(getattr(controller, "concurrency", 0) or os.cpu_count() or 1)
-    _heartbeat = Heartbeat(
-        str(getattr(sender, "hostname", "") or socket.gethostname()), concurrency
-    )
+    name = str(getattr(sender, "hostname", "") or socket.gethostname())
+    _heartbeat = Heartbeat(_runtime, name, concurrency)
     _heartbeat.start()
 
 
@@ -184,7 +252,7 @@ def _stop_beating(**_: object) -> None:
     if _heartbeat is not None:
         _heartbeat.stopped.set()
         _heartbeat.join(10)
-    if os.environ.get("CELERYNB_DIE_WITH_PARENT"):
+    if _runtime is not None and _runtime.env.die_with_parent:
         die_with_parent()
 
 
@@ -195,4 +263,4 @@ def main(argv: list[str] | None = None) -> None:
 
 from . import tasks  # noqa: E402  (registers the tasks on app)
 
-__all__ = ["app", "context", "main", "settings", "tasks"]
+__all__ = ["Runtime", "app", "context", "main", "start", "tasks"]

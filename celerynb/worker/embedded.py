@@ -2,10 +2,10 @@
 
 ``python -m celerynb.worker.embedded --hostname NAME --concurrency N`` runs the worker of
 a :class:`~celerynb.cluster.LocalCluster` (settings from the ``CELERYNB_*``
-variables). With ``CELERYNB_READY_FD`` set, each pool process writes
-``child <pid>`` to that file descriptor once initialised, and the main process
-writes ``ready <hostname>`` once it consumes the queue; then each closes it.
-The driver reads these lines instead of polling the worker with pings.
+variables, see :class:`~celerynb.settings.WorkerEnv`). Given a ready pipe, each pool
+process writes its :class:`~celerynb.plane.records.ReadyLine` to it once initialised,
+and the main process writes its own once it consumes the queue; then each closes
+it. The driver reads these lines instead of polling the worker with pings.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ import socket
 import stat
 import sys
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from ..settings import ENV_READY_FD
+from ..plane.records import ReadyKind, ReadyLine
+from ..settings import Settings
 
 _fd: int | None = None
 
@@ -38,8 +40,8 @@ def _report(line: str) -> None:
         os.close(fd)
 
 
-def ready_pipe(value: str) -> int | None:
-    """The file descriptor named by ``value`` if it is an open pipe (else None)."""
+def ready_pipe(value: int | str) -> int | None:
+    """The file descriptor ``value`` if it is an open pipe (else None)."""
     try:
         fd = int(value)
         return fd if stat.S_ISFIFO(os.fstat(fd).st_mode) else None
@@ -48,11 +50,14 @@ def ready_pipe(value: str) -> int | None:
 
 
 def _child_ready(**_: object) -> None:
-    _report(f"child {os.getpid()}")
+    _report(ReadyLine(ReadyKind.POOL, pid=os.getpid()).encode())
 
 
-def _worker_ready(sender: object = None, **_: object) -> None:
-    _report(f"ready {getattr(sender, 'hostname', '')}")
+def _ready_reporter(settings: Settings) -> Callable[..., None]:
+    def ready(sender: object = None, **_: object) -> None:
+        _report(settings.ready_line(str(getattr(sender, "hostname", ""))).encode())
+
+    return ready
 
 
 def await_redis(url: str, timeout: float = 10.0) -> None:
@@ -93,27 +98,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--loglevel", default="WARNING")
     args = parser.parse_args(argv)
-    _fd = ready_pipe(os.environ.pop(ENV_READY_FD, ""))
 
     from celery import signals
 
     from .. import worker
 
+    try:
+        runtime = worker.start()
+    except ValueError as exc:
+        print(f"celerynb worker cannot start: {exc}", file=sys.stderr)
+        return 2
+    _fd = ready_pipe(runtime.env.ready_fd)
     signals.worker_process_init.connect(_child_ready, weak=False)
-    signals.worker_ready.connect(_worker_ready, weak=False)
+    signals.worker_ready.connect(_ready_reporter(runtime.settings), weak=False)
     signals.worker_before_create_process.connect(freeze_before_fork, weak=False)
     node = worker.app.Worker(
         hostname=args.hostname,
         pool_cls="prefork",
         concurrency=args.concurrency,
-        queues=[worker.settings.queue] if worker.settings else None,
+        queues=[runtime.settings.queue],
         loglevel=args.loglevel.upper(),
         without_mingle=True,
         without_gossip=True,
         without_heartbeat=True,
     )
-    if worker.settings is not None:
-        await_redis(worker.settings.broker_url)
+    await_redis(runtime.settings.broker_url)
     node.start()
     return int(node.exitcode or 0)
 

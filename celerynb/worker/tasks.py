@@ -177,7 +177,7 @@ def run_chunks(self: Task, call: str, slot: str, opts: SlotOptions, spare: bool 
             take=take,
             have_job=call in ctx.jobs,
             inline_max=INLINE,
-            worker=worker,
+            worker=ctx.owner(worker),
             watch=opts.watch,
         )
         if report is not None and plane.shared:  # its chunk's file (its result's, if unwanted)
