@@ -24,7 +24,7 @@ from ..plane import DataPlane, RedisPlane, ShmPlane, codec, scripts
 from ..plane.codec import Job
 from ..plane.keys import QueueKeys
 from ..procs import die_with_parent
-from ..settings import ENV_SHM_DIR, Liveness, Settings, make_app
+from ..settings import ENV_SHM_DIR, Liveness, Settings, Tuning, make_app
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class Context:
         """The Redis plane, or (``shm``) the embedded cluster's shared-memory plane."""
         found = self._planes.get(shm)
         if found is None:
+            limit = Tuning.from_env().max_payload
             if shm:
                 from ..plane.shm import ShmStore
 
@@ -74,9 +75,10 @@ class Context:
                     raise RuntimeError(
                         "this worker has no CELERYNB_SHM_DIR: it is not the embedded one"
                     )
-                found = ShmPlane(self.redis, self.secret, ShmStore(directory, self.secret))
+                store = ShmStore(directory, self.secret)
+                found = ShmPlane(self.redis, self.secret, store, max_payload=limit)
             else:
-                found = RedisPlane(self.redis, self.secret)
+                found = RedisPlane(self.redis, self.secret, max_payload=limit)
             self._planes[shm] = found
         return found
 
