@@ -1,4 +1,4 @@
-"""``cmap`` and ``cmap_async``: options -> plan -> Call -> runner -> MapFuture."""
+"""``cmap`` and ``cmap_async``: options -> Call -> runner -> ``runner.launch`` -> MapFuture."""
 
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ from .join import join
 from .options import CallKwargs, CallOptions, signature
 from .plane import codec
 from .planning import RangePlan
-from .progress import make_display
-from .runner import CallRunner
+from .runner import CallRunner, launch
 from .streams import Peeked
 from .windows import Overlap
 
@@ -136,14 +135,14 @@ def _named(
         )
     target = durable.target(cluster)
     fp = fingerprint(func, inputs, opts)
-    found = durable.lookup(target, name)
+    found = target.store.lookup(name)
     if found is None:
         return target, fp, None
     call_id, meta = found
-    state = meta.get("state", "running")
-    usable = state in ("running", "finished") and bool(meta.get("n_chunks"))
+    state = meta.state
+    usable = state in ("running", "finished") and bool(meta.n_chunks)
     if usable and not opts.replace:
-        if meta.get("fingerprint") != fp:
+        if meta.fingerprint != fp:
             raise ValueError(
                 f"a call named {name!r} with another function or data is {state} on "
                 f"{target!r}: pass replace=True to run this one instead, use another name, "
@@ -154,7 +153,7 @@ def _named(
             fp,
             durable.resume(target, call_id, meta, progress=opts.progress, timeout=opts.timeout),
         )
-    durable.drop(target, call_id, name)  # replaced, or failed / incomplete: run again
+    target.store.drop(call_id, name)  # replaced, or failed / incomplete: run again
     return target, fp, None
 
 
@@ -197,14 +196,8 @@ def cmap_async(
         funcs=(func, opts.reduce),
         state=CallState.WAITING,
     )
-    runner = CallRunner(target, call, blob, opts, inputs)
-    if opts.name is not None:
-        runner.naming = (opts.name, fp)
-    runner.start()
-    display = make_display(opts.progress, call.snapshot(), call.cancel, runner.submission.n_workers)
-    runner.display = display
-    target.supervisor.add(runner)
-    return MapFuture(call, runner.cancel, display, runner)
+    naming = (opts.name, fp) if opts.name is not None else None
+    return launch(CallRunner(target, call, blob, opts, inputs, naming=naming))
 
 
 def cmap(

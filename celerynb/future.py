@@ -63,19 +63,15 @@ class MapFuture(concurrent.futures.Future[Any]):
     @property
     def name(self) -> str | None:
         """A named call's name (None: unnamed)."""
-        runner = self._runner
-        return runner.naming[0] if runner is not None and runner.naming else None
+        return self._runner.name if self._runner is not None else None
 
     def forget(self) -> None:
         """Delete everything of this call from its cluster: its results, its name; a
         running call is cancelled first. ``result()`` still works if it had joined."""
         self._cancel("the call was forgotten")
-        runner = self._runner
-        if runner is not None:
-            from . import durable
-
+        if self._runner is not None:
             self._call.wait(10)
-            durable.drop(runner.cluster, self.id, self.name)
+            self._runner.forget()
 
     @property
     def state(self) -> str:

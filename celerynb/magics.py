@@ -25,7 +25,6 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from . import celery_compat
-from .plane.keys import running_pattern
 from .settings import mask_url
 
 if TYPE_CHECKING:
@@ -56,19 +55,9 @@ def _queued(cluster: Cluster) -> int | None:
     settings = cluster.settings
     try:
         if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
-            import redis
-
             same = settings.broker_url == settings.backend_url
-            client = cluster.redis if same else redis.Redis.from_url(settings.broker_url)
             names = celery_compat.queue_lists(settings.queue)
-            try:
-                pipe = client.pipeline(transaction=False)
-                for name in names:
-                    pipe.llen(name)
-                return int(sum(pipe.execute()))
-            finally:
-                if not same:
-                    client.close()
+            return cluster.store.queue_length(names, None if same else settings.broker_url)
         with cluster.app.connection_for_read() as conn:
             declared = conn.default_channel.queue_declare(settings.queue, passive=True)
             return int(declared.message_count)
@@ -79,13 +68,7 @@ def _queued(cluster: Cluster) -> int | None:
 def _running(cluster: Cluster) -> int | None:
     """Chunks that workers are running now, over every call on this store."""
     try:
-        keys = list(cluster.redis.scan_iter(match=running_pattern(), count=1000))
-        if not keys:
-            return 0
-        pipe = cluster.redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.hlen(key)
-        return int(sum(pipe.execute()))
+        return cluster.store.running_chunks()
     except Exception:
         return None
 

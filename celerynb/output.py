@@ -17,6 +17,7 @@ import threading
 from typing import Any
 
 from .errors import localize_location
+from .plane.records import OutputBatch
 from .progress import in_kernel
 
 MARK = "[celerynb]"  # the relay's own lines
@@ -68,20 +69,18 @@ class Relay:
     def __repr__(self) -> str:
         return f"<Relay {self.mode}: {self.shown[0]} lines shown, {self.left_out[0]} left out>"
 
-    def take(self, batches: list[dict[str, Any]]) -> None:
+    def take(self, batches: list[OutputBatch]) -> None:
         """Lines from the workers (any thread)."""
         if not self.mode:
             return
         with self._lock:
             for batch in batches:
-                chunk, worker = int(batch["chunk"]), str(batch.get("worker", ""))
+                chunk, worker = batch.chunk, batch.worker
                 mark = f"[chunk {chunk}" + (f" @ {worker.split('@')[0]}" if self.by_worker else "")
-                for item in batch.get("lines", []):
-                    self._line(chunk, f"{mark}] ", *item)
-                dropped = batch.get("dropped")
-                if dropped:
-                    self.left_out[0] += int(dropped[0])
-                    self.left_out[1] += int(dropped[1])
+                for line in batch.lines:
+                    self._line(chunk, f"{mark}] ", line.stream, line.text, line.count)
+                self.left_out[0] += batch.dropped[0]
+                self.left_out[1] += batch.dropped[1]
 
     def _line(self, chunk: int, mark: str, stream: str, text: str, count: int = 1) -> None:
         if stream == "warning":

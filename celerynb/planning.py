@@ -21,10 +21,12 @@ override both rules.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence, Sized
+import operator
+from collections.abc import Iterator, Sequence, Sized
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .errors import ChunkInfo
 from .groupby import GroupPlan
@@ -234,8 +236,6 @@ def make_plan(
     """
     n_items = check_inputs(inputs)
     if n_items < 0:  # iterators of chunks
-        from .streams import StreamPlan
-
         if chunks is not None:
             raise ValueError(
                 "chunks= needs a known length; an iterator's items are its chunks. "
@@ -255,3 +255,112 @@ def make_plan(
     per_worker = CHUNKS_PER_WORKER if large else 1
     n_chunks = n_chunks_for(n_items, workers, size, chunks, chunk_size, blocks, per_worker)
     return RangePlan.even(inputs, n_chunks, overlap), None
+
+
+# -- iterators of chunks (data bigger than memory) ----------------------------------------------
+def _size(item: object) -> int:
+    try:
+        return len(item)  # type: ignore[arg-type]
+    except TypeError:
+        return 1
+
+
+def recut(chunks: Iterator[object], size: int) -> Iterator[object]:
+    """The items of ``chunks`` again, cut into chunks of ``size`` items (the last may be short)."""
+    held: list[object] = []  # pieces making up the next chunk
+    count = 0
+    for chunk in chunks:
+        start, length = 0, _size(chunk)
+        while start < length:
+            take = min(size - count, length - start)
+            held.append(chunk if take == length else rows(chunk, start, start + take))
+            start, count = start + take, count + take
+            if count == size:
+                yield held[0] if len(held) == 1 else join(held)
+                held, count = [], 0
+    if held:
+        yield held[0] if len(held) == 1 else join(held)
+
+
+class StreamPlan:
+    """Chunks read from ``inputs`` (iterators, zipped like ``zip`` when several)."""
+
+    data: Any = None  # no whole input to name the chunks by
+
+    def __init__(self, inputs: tuple[object, ...], chunk_size: int | None = None) -> None:
+        self._iterators: list[Iterator[object]] = [iter(x) for x in inputs]  # type: ignore[call-overload]
+        if chunk_size is not None:
+            self._iterators = [recut(it, chunk_size) for it in self._iterators]
+        self._closers = [getattr(x, "close", None) for x in inputs]
+        self.zipped = len(inputs) > 1
+        hint = operator.length_hint(inputs[0], -1) if len(inputs) == 1 else -1
+        self.hint = hint if hint > 0 else None  # chunks to expect, if the input says
+        self.exhausted = False
+        self._bounds: list[tuple[int, int]] = []
+        self._labels: list[tuple[object, object] | None] = []
+        self._read: dict[int, object] = {}  # read, not stored yet
+
+    def __repr__(self) -> str:
+        state = "exhausted" if self.exhausted else "open"
+        return f"<StreamPlan {state}: {len(self)} chunks, {self.n_items} items>"
+
+    @property
+    def n_items(self) -> int:
+        return self._bounds[-1][1] if self._bounds else 0
+
+    def __len__(self) -> int:
+        return len(self._bounds)
+
+    def read(self) -> int | None:
+        """Read the next chunk; its number, or None when the input is exhausted.
+
+        Exceptions of the input's iterator propagate (the caller notes how far it got).
+        """
+        try:
+            parts = [next(it) for it in self._iterators]
+        except StopIteration:
+            self.exhausted = True
+            self.close()
+            return None
+        item = tuple(parts) if self.zipped else parts[0]
+        size = _size(parts[0])
+        start = self.n_items
+        self._bounds.append((start, start + size))
+        self._labels.append(_labels(parts[0]))
+        index = len(self._bounds) - 1
+        self._read[index] = item
+        return index
+
+    def close(self) -> None:
+        """Close the inputs that can be (files of ``read_csv(chunksize=)``, generators)."""
+        for close in self._closers:
+            if callable(close):
+                with contextlib.suppress(Exception):
+                    close()
+
+    def take(self, index: int) -> object:
+        """Chunk ``index`` as read, handed over once (to be stored) and then forgotten."""
+        return self._read.pop(index)
+
+    def items(self, index: int) -> int:
+        start, stop = self._bounds[index]
+        return stop - start
+
+    def info(self, index: int) -> ChunkInfo:
+        start, stop = self._bounds[index]
+        total = len(self) if self.exhausted else (self.hint or -1)
+        labels = self._labels[index]
+        if labels is None:
+            return ChunkInfo(index, total, start, stop, unit="items")
+        return ChunkInfo(index, total, start, stop, labels[0], labels[1], True, "items")
+
+    def join(self, parts: list[Any]) -> Any:
+        return join(parts)
+
+
+def _labels(item: object) -> tuple[object, object] | None:
+    """The first and last index label of a pandas chunk (None for others)."""
+    pd = _pandas()
+    if pd is not None and isinstance(item, pd.DataFrame | pd.Series) and len(item):
+        return item.index[0], item.index[-1]
+    return None

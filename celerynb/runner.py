@@ -5,42 +5,53 @@ the cluster's supervisor reads for it, and acts on what the call says:
 store newly planned chunks, send the reduce task, and, once the call ends,
 revoke what still runs and delete the call's data. With no worker yet, the
 call waits (the supervisor asks again each tick) until one appears or
-``worker_wait`` passes.
+``worker_wait`` passes. Every call is launched by :func:`launch`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
-import redis
-
-from . import dispatch, durable
+from . import dispatch
 from .call import Call, CallState, Reaction
 from .errors import ClusterError
+from .future import MapFuture
 from .inputs import nbytes
-from .options import CallOptions, SlotOptions
+from .options import CallOptions
 from .output import Relay
-from .plane import check_size, codec, delete, scripts
+from .plane import codec
 from .plane.keys import REDUCED, CallKeys
-from .plane.records import Record
-from .planning import make_plan
-from .progress import Display, NoDisplay
+from .plane.records import CallMeta, Record
+from .plane.store import CallBatch, PollReply, PollRequest, StoreError
+from .planning import StreamPlan, make_plan
+from .progress import Display, NoDisplay, make_display
 from .settings import mask_url
-from .streams import StreamFeed, StreamPlan
-from .submit import OPEN_SECONDS, Submission
+from .streams import StreamFeed
+from .submit import Submission
 
 if TYPE_CHECKING:
-    from redis.client import Pipeline
-
     from .cluster.connection import Cluster
 
 
+def launch(runner: CallRunner) -> MapFuture:
+    """Start ``runner``'s call (unless it is in the store already), make its display, have
+    the cluster's supervisor follow it; its future."""
+    runner.start()
+    call = runner.call
+    display = make_display(
+        runner.options.progress, call.snapshot(), call.cancel, runner.submission.n_workers
+    )
+    runner.follow(display)
+    return MapFuture(call, runner.cancel, display, runner)
+
+
 class CallRunner:
-    """Runs ``call`` over ``inputs`` on ``cluster``; ``job`` is the signed job."""
+    """Runs ``call`` over ``inputs`` on ``cluster``; ``job`` is the signed job. ``naming``:
+    a named call's (name, fingerprint); ``stored``: the description of a call that is in
+    the store already (attached: see durable.py)."""
 
     def __init__(
         self,
@@ -49,12 +60,18 @@ class CallRunner:
         job: bytes,
         options: CallOptions,
         inputs: tuple[object, ...],
+        *,
+        naming: tuple[str, str] | None = None,
+        stored: CallMeta | None = None,
     ) -> None:
         self.cluster, self.call, self.options, self.inputs = cluster, call, options, inputs
+        self.store = cluster.store
         self.size = sum(nbytes(x) for x in inputs)
         zipped = len(inputs) > 1 and not options.overlap  # (windows.Overlap unpacks them)
-        self.opts = options.slot(
-            zipped, cluster.plane.shared, watch=cluster.elastic, label=call.label
+        self.opts = (
+            stored.slot
+            if stored is not None and stored.slot is not None
+            else options.slot(zipped, cluster.plane.shared, watch=cluster.elastic, label=call.label)
         )
         self.keys = CallKeys(call.id)
         self.display: Display = NoDisplay()
@@ -62,8 +79,10 @@ class CallRunner:
         self.relay = Relay(
             o.output, o.output_lines, o.output_bytes, by_worker=cluster.elastic, funcs=call.funcs
         )
-        self.submission = Submission(cluster, call, self.keys, self.opts, self.size)
-        self.naming: tuple[str, str] | None = None  # a named call's (name, fingerprint)
+        attached = stored is not None
+        self.submission = Submission(cluster, call, self.keys, self.opts, self.size, attached)
+        self.naming = naming  # a named call's (name, fingerprint)
+        self.meta = stored  # the call's description in the store (once it began)
         self._seen: set[int] = set()  # chunks (and the reduction) with a record
         self._job = job
         self._sent_reduce: tuple[list[int], int] | None = None  # the last reduce task sent
@@ -80,28 +99,36 @@ class CallRunner:
 
     @classmethod
     def attached(
-        cls, cluster: Cluster, call: Call, options: CallOptions, slot: SlotOptions
+        cls, cluster: Cluster, call: Call, options: CallOptions, meta: CallMeta
     ) -> CallRunner:
         """The runner of a named call that is in the store already (see durable.py)."""
-        runner = cls(cluster, call, b"", options, ())
-        runner.opts, runner.submission.opts = slot, slot
-        runner.naming = (options.name or call.id, "")
-        runner.submission.stored = True
-        runner.submission.n_workers = sum(cluster.workers().values())
-        runner.submission._slots = 1_000_000  # past the first driver's slot numbers
-        return runner
+        naming = (options.name or call.id, "")
+        return cls(cluster, call, b"", options, (), naming=naming, stored=meta)
 
     @property
     def named(self) -> bool:
         return self.naming is not None
 
+    @property
+    def name(self) -> str | None:
+        return self.naming[0] if self.naming is not None else None
+
     # -- submission -------------------------------------------------------------------------------
     def start(self) -> None:
-        """Plan and store the call and send its tasks, if there are workers (else it waits)."""
-        check_size(self._job, "func (with everything it refers to)", "pass big objects as data")
+        """Plan and store the call and send its tasks, if there are workers (else it waits);
+        nothing for a call in the store already."""
+        if self.submission.stored:
+            return
+        fix = "pass big objects as data"
+        self.store.check_size(self._job, "func (with everything it refers to)", fix)
         workers = self.cluster.workers()
         if workers:
             self._begin(sum(workers.values()))
+
+    def follow(self, display: Display) -> None:
+        """Show the call on ``display`` and have the supervisor route its records."""
+        self.display = display
+        self.cluster.supervisor.add(self)
 
     def _begin(self, n_workers: int) -> None:
         o = self.options
@@ -117,23 +144,42 @@ class CallRunner:
         self.submission.n_workers = n_workers
         if not self.call.begin(plan, planner):
             return
-        name, fp = self.naming or (None, "")
-        fields = durable.describe(name, self.call.label, o.keep_seconds, self.opts, fp)
-        if name is not None:
+        meta = CallMeta(self.call.label, time.time(), "running")
+        if self.naming is not None:
+            name, fp = self.naming
             spans = [plan.info(i) for i in range(len(plan))]
-            fields["bounds"] = json.dumps([[c.start, c.stop] for c in spans])
-            fields["reduce"] = "1" if self.call.keep else "0"
-        register = functools.partial(
-            durable.register, keys=self.keys, queue=self.cluster.settings.queue, fields=fields
-        )
+            meta = replace(
+                meta,
+                name=name,
+                fingerprint=fp,
+                keep=int(o.keep_seconds),
+                slot=self.opts,
+                bounds=tuple((int(c.start), int(c.stop)) for c in spans),
+                reduce=self.call.keep,
+            )
+        self.meta = meta
         if isinstance(plan, StreamPlan):
             ahead = self.options.max_ahead or 2 * n_workers
             self.stream = StreamFeed(self, plan, ahead)
-            self.stream.begin(self._job, register)
+            self.stream.begin(self._job, meta)
         else:
-            self.submission.store(range(len(plan)), job=self._job, publish=True, before=register)
-            if name is not None:  # every chunk is stored: the call can be attached to
-                self.cluster.redis.hset(self.keys.meta, "n_chunks", len(plan))
+            self.submission.store(range(len(plan)), job=self._job, publish=True, meta=meta)
+            if self.named:  # every chunk is stored: the call can be attached to
+                self.meta = replace(meta, n_chunks=len(plan))
+                self.store.update(self.keys, self.meta, "n_chunks")
+
+    # -- what its stream feed needs (streams.StreamHost) -------------------------------------------
+    def batch(self) -> CallBatch:
+        return self.submission.batch()
+
+    def flush(self, batch: CallBatch, queued: list[int], last: bool, closing: bool = False) -> None:
+        self.submission.flush(batch, queued, last, closing)
+
+    def start_draining(self) -> None:
+        self.submission.publish(self.submission.n_workers)
+
+    def pending(self) -> int:
+        return self.store.pending(self.keys)
 
     # -- what the supervisor drives ---------------------------------------------------------------
     def poll_waiting(self, now: float) -> None:
@@ -152,47 +198,26 @@ class CallRunner:
             )
         self.display.update(self.call.snapshot())
 
-    def before_poll(self, pipe: Pipeline) -> int:
-        """Queue this call's commands that go before the supervisor's wait; how many."""
-        pipe.expire(self.keys.alive, int(self.cluster.liveness.driver_grace))
-        if self.call.planned:
-            return 1
-        pipe.expire(self.keys.open, OPEN_SECONDS)  # the probes' draining tasks wait for more
-        return 2
+    def poll_request(self) -> PollRequest:
+        """What this call wants from the supervisor's next tick."""
+        grace = int(self.cluster.liveness.driver_grace)
+        return PollRequest(self.keys, grace, self.call.planned, self.named)
 
-    def after_poll(self, pipe: Pipeline) -> int:
-        """Queue this call's commands that go after the wait: records, running chunks,
-        output; how many."""
-        pipe.lpop(self.keys.done, 1000)
-        pipe.hlen(self.keys.running)
-        pipe.lpop(self.keys.output, 1000)
-        if not self.named:
-            return 3
-        pipe.hlen(self.keys.records)  # a named call's records: more than came (attached)?
-        return 4
-
-    def receive(self, blobs: list[bytes], before: list[object], after: list[Any]) -> None:
-        """Take one poll's replies: relay output, fetch and decode records, feed the call, act.
-
-        ``blobs``: records popped by the wait; ``before`` / ``after``: the replies to
-        this call's commands from :meth:`before_poll` / :meth:`after_poll`.
-        """
-        more, busy, output = after[:3]
-        blobs += more or []
+    def receive(self, reply: PollReply) -> None:
+        """Take one poll's reply: relay output, fetch and decode records, feed the call, act."""
+        blobs = reply.records
         if self.named:  # never reaped; records may be in the store that did not come here
-            if int(after[3] or 0) > len(self._seen) + len(blobs):
+            if reply.kept > len(self._seen) + len(blobs):
                 wanted = [i for i in range(self.call.n_chunks) if i not in self._seen]
                 wanted += [REDUCED] if self.call.keep else []
-                blobs += durable.kept_records(self.cluster.redis, self.keys, wanted)
-        elif (
-            before and not before[0] and self.submission.stored and not blobs
-        ):  # its workers reaped it
+                blobs += self.store.kept_records(self.keys, wanted)
+        elif not reply.alive and self.submission.stored and not blobs:  # its workers reaped it
             grace = self.cluster.liveness.driver_grace
             why = f"its driver gave no sign of life for {grace:.0f} s (was it suspended?)"
             self.call.fail(ClusterError(f"the workers dropped this call: {why}"))
             return
-        if output:
-            self.relay.take(self.cluster.plane.pop_output(output))
+        if reply.output:
+            self.relay.take(self.store.outputs(reply.output))
         records: list[Record] = []
         for blob in blobs:
             record: Record = codec.loads(self.cluster.settings.secret, blob)
@@ -204,18 +229,19 @@ class CallRunner:
         self._seen.update(r.index for r in records)
         if records:
             records = self.cluster.plane.fetch(self.keys, records, keep=self.named)
-        self._act(self.call.receive(records, int(busy or 0)))
+        self.act(self.call.receive(records, reply.running))
         if self.stream is not None:
             self.stream.feeder.room.set()
         if not isinstance(self.display, NoDisplay):
             self.display.update(self.call.snapshot())
 
-    def _act(self, reaction: Reaction) -> None:
+    def act(self, reaction: Reaction) -> None:
+        """Do what the call says: store newly planned chunks, send a reduction."""
         if reaction.store:
             self.submission.store(reaction.store)
             if self.call.state.ended:  # cancelled while storing: those chunks go too
-                with contextlib.suppress(redis.RedisError):
-                    self.cluster.plane.delete_call(self.keys, self.call.n_chunks)
+                with contextlib.suppress(StoreError):
+                    self.store.delete_call(self.keys, self.call.n_chunks)
         if self.stream is not None:  # an iterator's parts are reduced as they come
             due = self.stream.reduction_due()
             if due is not None:
@@ -228,7 +254,7 @@ class CallRunner:
         that an open iterator's draining tasks make: they hold the pool processes)."""
         self._sent_reduce = (parts, out)
         if out != REDUCED and self.call.streaming and self.stream is not None:
-            self.stream.send_fold(parts, out)
+            self.store.push_fold(self.keys, parts, out)
             return
         app, queue = self.cluster.app, self.cluster.settings.queue
         dispatch.publish_reduce(app, queue, self.keys, parts, self.opts.shm, out)
@@ -238,7 +264,7 @@ class CallRunner:
         tasks replace them (and a lost reduce task is sent again)."""
         if self.call.state is not CallState.RUNNING or not self.submission.stored:
             return
-        moved = scripts.requeue(self.cluster.redis, self.keys, dead)
+        moved = self.store.requeue(self.keys, dead)
         if moved:
             self.submission.publish(moved)
         if self._sent_reduce is not None:  # it may have been on that worker
@@ -251,7 +277,7 @@ class CallRunner:
         if self._sent_reduce is not None:
             self.send_reduce(*self._sent_reduce)
             return
-        held = [_text(s) for s in self.cluster.redis.hkeys(self.keys.slots)]
+        held = self.store.held_slots(self.keys)
         done = self.call.snapshot().chunks_done
         self.submission.publish(self.call.n_chunks - done, held)
 
@@ -266,37 +292,31 @@ class CallRunner:
         self.relay.close()
         self.display.close(self.call.snapshot())
 
+    def forget(self) -> None:
+        """Delete everything of the call from the store (its name too)."""
+        self.store.drop(self.call.id, self.name)
+
     def _ended(self, call: Call) -> None:
         """Once the call ends (any thread): stop its work, delete its data, close the display."""
         if call.state is not CallState.FINISHED:
             self._revoke()
-        with contextlib.suppress(redis.RedisError):
+        with contextlib.suppress(StoreError):
             # output that came after the last poll; an anonymous call's data goes too
-            pipe = self.cluster.redis.pipeline(transaction=False)
-            pipe.lpop(self.keys.output, 10_000)
-            if not self.named:
-                self.cluster.plane.delete_call(self.keys, self.call.n_chunks, pipe)
-            left = pipe.execute()[0] or []
-            self.relay.take(self.cluster.plane.pop_output(list(left)))
+            self.relay.take(self.store.end(self.keys, call.n_chunks, keep=self.named))
         self.relay.close()
         self.display.close(call.snapshot())
         if self.named:
-            with contextlib.suppress(redis.RedisError):
-                queue, keep = self.cluster.settings.queue, self.options.keep_seconds
-                durable.finish(self.cluster.redis, self.keys, queue, call, keep)
+            error = (str(call.error).splitlines() or [""])[0] if call.error is not None else ""
+            ending = CallMeta(state=call.state.value, error=error, ended=time.time())
+            with contextlib.suppress(StoreError):
+                self.store.finish(self.keys, ending, call.n_chunks, self.options.keep_seconds)
         self.cluster.supervisor.remove(self)
 
     def _revoke(self) -> None:
         """Queued chunks become no-ops (their keys go first); running ones are terminated."""
-        with contextlib.suppress(redis.RedisError):
-            delete(self.cluster.redis, [self.keys.chunk(i) for i in range(self.call.n_chunks)])
-            slots = {_text(s) for s in self.cluster.redis.hgetall(self.keys.running).values()}
-            ids = [self.keys.slot_task(s) for s in sorted(slots)]
+        with contextlib.suppress(StoreError):
+            ids = [self.keys.slot_task(s) for s in self.store.revoke(self.keys, self.call.n_chunks)]
             if self._sent_reduce is not None:
                 ids.append(self.keys.reduce_task)
             # Celery records revoked tasks in the backend: remove those records later
             self.cluster.defer_delete(dispatch.revoke(self.cluster.app, ids))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import dispatch
@@ -10,59 +9,70 @@ from .call import Call
 from .errors import CelerynbError
 from .options import SlotOptions
 from .plane import INLINE
-from .plane.keys import TTL, CallKeys
+from .plane.keys import CallKeys
+from .plane.records import CallMeta
+from .plane.store import CallBatch
 from .planning import EARLY_BYTES
 
 if TYPE_CHECKING:
-    from redis.client import Pipeline
-
     from .cluster.connection import Cluster
 
-PUSH_BYTES = 32 * 2**20  # chunk bytes buffered before a pipeline is flushed
+PUSH_BYTES = 32 * 2**20  # chunk bytes buffered before a batch is sent
 EARLY_BATCH = 2**20  # the same for big calls, whose workers start on the first batch
-OPEN_SECONDS = 10  # workers stop waiting for an open call's chunks when its driver is gone
+ATTACHED_SLOTS = 1_000_000  # an attached call's slot numbers start past the first driver's
 
 
 class Submission:
     """Stores ``call``'s chunks (``size``: bytes of its inputs) in pipelined batches, queues
     their numbers, says whether more may come (the call's ``open`` key), and sends the
-    draining tasks (``opts``) for ``n_workers`` pool processes."""
+    draining tasks (``opts``) for ``n_workers`` pool processes. ``attached``: the call
+    is in the store already (another driver stored it)."""
 
     def __init__(
-        self, cluster: Cluster, call: Call, keys: CallKeys, opts: SlotOptions, size: int
+        self,
+        cluster: Cluster,
+        call: Call,
+        keys: CallKeys,
+        opts: SlotOptions,
+        size: int,
+        attached: bool = False,
     ) -> None:
         self.cluster, self.call, self.keys, self.opts, self.size = cluster, call, keys, opts, size
-        self.n_workers = 0  # pool processes when the call began
-        self.stored = False  # the call's keys exist: its driver keeps them alive
+        self.n_workers = sum(cluster.workers().values()) if attached else 0  # when it began
+        self.stored = attached  # the call's keys exist: its driver keeps them alive
         self._opened = False  # the call's "open" key is set
-        self._slots = 0  # draining tasks sent so far (their slot numbers)
+        self._slots = ATTACHED_SLOTS if attached else 0  # draining tasks sent (slot numbers)
 
     def __repr__(self) -> str:
         return f"<Submission of {self.call!r}: {self._slots} draining tasks sent>"
+
+    def batch(self) -> CallBatch:
+        """A batch of store commands about this call (sent by :meth:`flush`)."""
+        return self.cluster.store.batch(self.keys)
 
     def store(
         self,
         indices: range,
         job: bytes = b"",
         publish: bool = False,
-        before: Callable[[Pipeline], None] | None = None,
+        meta: CallMeta | None = None,
     ) -> None:
         """Store chunks ``indices`` in pipelined batches and queue their numbers.
 
         With ``publish``, the draining tasks go out once the first batch is
         queued: a big call's workers start while the rest is stored (the call
-        stays open till then). ``before`` queues commands that go first (the
-        call's description). Errors clean the call up and are raised.
+        stays open till then). ``meta``: the call's description, written first.
+        Errors clean the call up and are raised.
         """
-        plan, plane, n_items = self.call.plan, self.cluster.plane, self.call.n_items
-        pipe = self.cluster.redis.pipeline(transaction=False)
-        if before is not None:
-            before(pipe)
+        plan, n_items = self.call.plan, self.call.n_items
+        batch = self.batch()
+        if meta is not None:
+            batch.describe(meta)
         if job:
-            pipe.set(self.keys.func, job, ex=TTL)
-        pipe.set(self.keys.count, self.call.n_chunks, ex=TTL)
+            batch.job(job)
+        batch.count(self.call.n_chunks)
         big_call = self.size >= EARLY_BYTES
-        early, batch = (self.n_workers, EARLY_BATCH) if big_call else (0, PUSH_BYTES)
+        early, limit = (self.n_workers, EARLY_BATCH) if big_call else (0, PUSH_BYTES)
         buffered, queued = 0, []
         for n, i in enumerate(indices, 1):
             what, chunk = f"chunk {i}", None
@@ -70,7 +80,7 @@ class Submission:
                 big = self.size * plan.items(i) >= INLINE * n_items
                 what = plan.info(i).describe()
                 chunk = plan.take(i)
-                buffered += plane.put_chunk(pipe, self.keys, i, chunk, big, what)
+                buffered += batch.chunk(i, chunk, big, what)
             except (OSError, CelerynbError) as exc:
                 self.call.fail(exc)
                 raise
@@ -86,37 +96,35 @@ class Submission:
                 self.call.fail(error)
                 raise error from exc
             queued.append(i)
-            if n < len(indices) and (buffered > batch or n == early):
-                self.flush(pipe, queued, last=False)
-                buffered, queued = 0, []
+            if n < len(indices) and (buffered > limit or n == early):
+                self.flush(batch, queued, last=False)
+                batch, buffered, queued = self.batch(), 0, []
                 if publish:
                     self.publish(len(indices))
                     publish = False
-        self.flush(pipe, queued, last=True)
+        self.flush(batch, queued, last=True)
         if publish:
             self.publish(len(indices))
 
-    def flush(self, pipe: Pipeline, queued: list[int], last: bool, closing: bool = False) -> None:
-        """Queue ``queued`` (stored in ``pipe``) and say whether more may come.
+    def flush(self, batch: CallBatch, queued: list[int], last: bool, closing: bool = False) -> None:
+        """Queue ``queued`` (stored in ``batch``), say whether more may come, send ``batch``.
 
         ``last``: the last batch of what is planned; ``closing``: nothing more will come
         (an iterator input is exhausted).
         """
         # a long store (big data) keeps the call alive for its workers as the supervisor would
-        pipe.set(self.keys.alive, 1, ex=int(self.cluster.liveness.driver_grace))
-        if queued:
-            pipe.rpush(self.keys.pending, *queued)
-            pipe.expire(self.keys.pending, TTL)
+        batch.keep_alive(int(self.cluster.liveness.driver_grace))
+        batch.queue(queued)
         # open: more chunks come (the rest of this batch, or, while adaptive
         # chunking's probes run, the chunks planned from their times)
-        pipe.set(self.keys.count, self.call.n_chunks, ex=TTL)
+        batch.count(self.call.n_chunks)
         if not closing and (not last or not self.call.planned):
-            pipe.set(self.keys.open, 1, ex=OPEN_SECONDS)
+            batch.open()
             self._opened = True
         elif self._opened:  # all queued: close the call
-            pipe.unlink(self.keys.open)
+            batch.close()
             self._opened = False
-        pipe.execute()
+        batch.execute()
         self.stored = True
 
     def publish(self, n_chunks: int, held: list[str] | None = None, spare: bool = True) -> None:

@@ -298,7 +298,7 @@ def test_options_defaults_and_signature() -> None:
 
 # -- records on the plane (placement needs no Redis for inline values) --------------------------
 def test_records_inline_or_parked() -> None:
-    plane = RedisPlane(None, "s3cret")  # type: ignore[arg-type]
+    plane = RedisPlane(None, "s3cret", max_payload=2**20)  # type: ignore[arg-type]
     keys = CallKeys("c1")
     blob, parked = plane.place(keys, ok(0, [1, 2, 3]))
     assert parked == b"" and len(blob) <= INLINE
@@ -313,7 +313,7 @@ def test_records_inline_or_parked() -> None:
 
 
 def test_an_unpicklable_result_becomes_a_failure_record() -> None:
-    plane = RedisPlane(None, "s3cret")  # type: ignore[arg-type]
+    plane = RedisPlane(None, "s3cret", max_payload=2**20)  # type: ignore[arg-type]
     blob, parked = plane.place(CallKeys("c1"), ok(0, threading.Lock()))
     record = codec.loads("s3cret", blob)
     assert record.status is Status.ERROR and parked == b""

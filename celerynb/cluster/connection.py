@@ -16,7 +16,8 @@ from ..plane import DataPlane, RedisPlane, ShmPlane, scripts
 from ..plane.keys import QueueKeys
 from ..plane.records import WorkerInfo, WorkerState, superseded
 from ..plane.scripts import Roll
-from ..settings import Liveness, Settings, make_app, mask_url
+from ..plane.store import CallStore, StoreError
+from ..settings import Liveness, Settings, Tuning, make_app, mask_url
 from . import registry
 from .supervisor import Supervisor
 
@@ -50,11 +51,13 @@ class Cluster:
         self.shm = shm
         self.app: Celery = make_app(settings, driver=True)
         self.redis: redis.Redis = plane.connect(settings.backend_url)
+        tuning = Tuning.from_env()
         self.plane: DataPlane = (
-            ShmPlane(self.redis, settings.secret, shm)
+            ShmPlane(self.redis, settings.secret, shm, max_payload=tuning.max_payload)
             if shm is not None
-            else RedisPlane(self.redis, settings.secret)
+            else RedisPlane(self.redis, settings.secret, max_payload=tuning.max_payload)
         )
+        self.store = CallStore(self.redis, settings.secret, settings.queue, self.plane, tuning)
         self.supervisor = Supervisor(self)
         self.closed = False
         self._roll: tuple[float, Roll] = (0.0, Roll({}, []))
@@ -64,8 +67,8 @@ class Cluster:
     def check(self, timeout: float = 5.0) -> None:
         """Fail fast (ClusterError naming the URL) if the broker or store is unreachable."""
         try:
-            self.redis.ping()
-        except redis.RedisError as exc:
+            self.store.ping()
+        except StoreError as exc:
             raise ClusterError(
                 f"cannot reach the Redis result backend at {mask_url(self.settings.backend_url)}: "
                 f"{exc}"
@@ -136,8 +139,8 @@ class Cluster:
         due = [keys for when, keys in self._leftovers if force or when <= now]
         self._leftovers = [(w, k) for w, k in self._leftovers if not (force or w <= now)]
         if due:
-            with contextlib.suppress(redis.RedisError):
-                plane.delete(self.redis, [k for keys in due for k in keys])
+            with contextlib.suppress(StoreError):
+                self.store.delete([k for keys in due for k in keys])
 
     # -- lifecycle --------------------------------------------------------------------------------
     def close(self) -> None:
@@ -154,7 +157,7 @@ class Cluster:
         self.supervisor.stop()
         self.closed = True
         self.sweep(force=True)
-        self.redis.close()
+        self.store.close()
         self.app.close()
 
     def __enter__(self) -> Cluster:

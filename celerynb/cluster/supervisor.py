@@ -19,11 +19,10 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
-import redis
-
 from ..call import CallState
 from ..errors import ClusterError
 from ..plane.keys import wake_key
+from ..plane.store import StoreError, StoreUnreachable
 
 if TYPE_CHECKING:
     from ..runner import CallRunner
@@ -67,8 +66,8 @@ class Supervisor:
             busy = self._in_tick
         self._wake.set()
         if busy:  # it blocks on the other calls' lists: end that wait
-            with contextlib.suppress(redis.RedisError):
-                self._cluster.redis.rpush(self._wake_key, 1)
+            with contextlib.suppress(StoreError):
+                self._cluster.store.wake(self._wake_key)
 
     def remove(self, runner: CallRunner) -> None:
         with self._lock:
@@ -123,26 +122,16 @@ class Supervisor:
             self._wake.wait(TICK)
             self._wake.clear()
             return
-        pipe = cluster.redis.pipeline(transaction=False)
-        heads = [runner.before_poll(pipe) for runner in runners]
-        pipe.blpop([r.keys.done for r in runners] + [self._wake_key], timeout=TICK)
-        tails = [runner.after_poll(pipe) for runner in runners]
+        requests = [runner.poll_request() for runner in runners]
         try:
-            replies = pipe.execute()
-        except redis.ConnectionError as exc:
+            replies = cluster.store.poll(requests, self._wake_key, TICK)
+        except StoreUnreachable as exc:
             self._unreachable(runners, exc)
             return
         self._unreachable_since = None
-        at = sum(heads)
-        first = replies[at]
-        popped = first[0].decode() if first is not None else ""
-        head, tail = 0, at + 1
-        for runner, h, t in zip(runners, heads, tails, strict=True):
-            before, after = replies[head : head + h], replies[tail : tail + t]
-            head, tail = head + h, tail + t
-            blobs = [first[1]] if popped == runner.keys.done else []
+        for runner, reply in zip(runners, replies, strict=True):
             try:
-                runner.receive(blobs, before, after)
+                runner.receive(reply)
             except Exception as exc:
                 runner.call.fail(exc)
         cluster.sweep()
@@ -151,7 +140,7 @@ class Supervisor:
         """Workers that stopped beating: their calls' chunks run elsewhere (once per death)."""
         try:
             roll = self._cluster.roll()
-        except redis.RedisError:
+        except StoreError:
             return
         self._dead_handled &= set(roll.dead)  # a worker that beats again may die again
         fresh = sorted(set(roll.dead) - self._dead_handled)

@@ -12,8 +12,6 @@ result is.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,7 +19,7 @@ from ..errors import PayloadTooLarge, failure_of
 from ..inputs import nbytes
 from . import codec
 from .keys import TTL, CallKeys
-from .records import Location, Record, RunMeta, Status
+from .records import Location, OutputBatch, Record, RunMeta, Status
 
 if TYPE_CHECKING:
     import redis
@@ -30,18 +28,17 @@ if TYPE_CHECKING:
     from .shm import ShmStore
 
 INLINE = 64 * 2**10  # values up to this size travel inside records and script replies
-# Redis refuses values over 512 MiB (proto-max-bulk-len); stay below it
-MAX_PAYLOAD = int(os.environ.get("CELERYNB_MAX_PAYLOAD", 512 * 2**20 - 2**16))
 SHM_MARKER = b"@shm"  # a chunk key's value when the chunk is in a file
 _RESULT_FIX = "use more, smaller chunks (chunks=...) or return less data per chunk"
 
 
-def check_size(blob: bytes, what: str, fix: str) -> None:
-    """Raise PayloadTooLarge (naming ``what`` and the ``fix``) if ``blob`` is too big."""
-    if len(blob) > MAX_PAYLOAD:
+def check_size(blob: bytes, what: str, fix: str, limit: int) -> None:
+    """Raise PayloadTooLarge (naming ``what`` and the ``fix``) if ``blob`` is over ``limit``
+    bytes (``settings.Tuning.max_payload``)."""
+    if len(blob) > limit:
         raise PayloadTooLarge(
             f"{what} is {len(blob) / 2**20:.1f} MiB serialized, more than the "
-            f"{MAX_PAYLOAD / 2**20:.1f} MiB a Redis value may hold; {fix}"
+            f"{limit / 2**20:.1f} MiB a Redis value may hold; {fix}"
         )
 
 
@@ -76,6 +73,7 @@ class DataPlane(Protocol):
     redis: redis.Redis
     secret: str
     shared: bool  # values may be in files that only this machine sees
+    max_payload: int  # bytes one serialized chunk or result may take
 
     def put_chunk(
         self, pipe: Pipeline, keys: CallKeys, index: int, obj: object, big: bool, what: str = ""
@@ -102,10 +100,10 @@ class DataPlane(Protocol):
     def delete_call(self, keys: CallKeys, n_chunks: int, pipe: Pipeline | None = None) -> None:
         """Delete everything the call stored (its keys in ``pipe``, if given)."""
 
-    def push_output(self, keys: CallKeys, batch: dict[str, object], cap: int) -> bool:
+    def push_output(self, keys: CallKeys, batch: OutputBatch, cap: int) -> bool:
         """Send a batch of func's output; whether the call is still under ``cap`` bytes."""
 
-    def pop_output(self, blobs: list[bytes]) -> list[dict[str, Any]]:
+    def pop_output(self, blobs: list[bytes]) -> list[OutputBatch]:
         """Decode (and verify) the output batches the driver popped."""
 
 
@@ -114,8 +112,8 @@ class RedisPlane:
 
     shared = False
 
-    def __init__(self, client: redis.Redis, secret: str) -> None:
-        self.redis, self.secret = client, secret
+    def __init__(self, client: redis.Redis, secret: str, *, max_payload: int) -> None:
+        self.redis, self.secret, self.max_payload = client, secret, max_payload
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
@@ -124,7 +122,9 @@ class RedisPlane:
         self, pipe: Pipeline, keys: CallKeys, index: int, obj: object, big: bool, what: str = ""
     ) -> int:
         blob = codec.dumps(self.secret, obj)
-        check_size(blob, what or f"chunk {index}", "pass more chunks (chunks=...)")
+        check_size(
+            blob, what or f"chunk {index}", "pass more chunks (chunks=...)", self.max_payload
+        )
         pipe.set(keys.chunk(index), blob, ex=TTL)
         return len(blob)
 
@@ -138,7 +138,7 @@ class RedisPlane:
     def _park(self, keys: CallKeys, record: Record) -> tuple[Location, bytes]:
         """Where a big or kept value goes: a file (ShmPlane) or the result key."""
         blob = codec.dumps(self.secret, record.value)
-        check_size(blob, "the result of this chunk", _RESULT_FIX)
+        check_size(blob, "the result of this chunk", _RESULT_FIX, self.max_payload)
         return Location.KEY, blob
 
     def place(self, keys: CallKeys, record: Record) -> tuple[bytes, bytes]:
@@ -197,8 +197,8 @@ class RedisPlane:
     def delete_call(self, keys: CallKeys, n_chunks: int, pipe: Pipeline | None = None) -> None:
         delete(self.redis, keys.all(n_chunks), pipe=pipe)
 
-    def push_output(self, keys: CallKeys, batch: dict[str, object], cap: int) -> bool:
-        blob = codec.sign(self.secret, json.dumps(batch).encode())
+    def push_output(self, keys: CallKeys, batch: OutputBatch, cap: int) -> bool:
+        blob = batch.encode(self.secret)
         pipe = self.redis.pipeline(transaction=False)
         pipe.rpush(keys.output, blob)
         pipe.expire(keys.output, TTL)
@@ -206,8 +206,8 @@ class RedisPlane:
         pipe.expire(keys.output_bytes, TTL)
         return int(pipe.execute()[2]) <= cap
 
-    def pop_output(self, blobs: list[bytes]) -> list[dict[str, Any]]:
-        return [json.loads(bytes(codec.verify(self.secret, blob))) for blob in blobs]
+    def pop_output(self, blobs: list[bytes]) -> list[OutputBatch]:
+        return [OutputBatch.decode(self.secret, blob) for blob in blobs]
 
 
 class ShmPlane(RedisPlane):
@@ -215,8 +215,10 @@ class ShmPlane(RedisPlane):
 
     shared = True
 
-    def __init__(self, client: redis.Redis, secret: str, store: ShmStore) -> None:
-        super().__init__(client, secret)
+    def __init__(
+        self, client: redis.Redis, secret: str, store: ShmStore, *, max_payload: int
+    ) -> None:
+        super().__init__(client, secret, max_payload=max_payload)
         self.store = store
 
     def __repr__(self) -> str:
@@ -313,11 +315,11 @@ def _failed(record: Record, exc: Exception) -> Record:
 
 __all__ = [
     "INLINE",
-    "MAX_PAYLOAD",
     "SHM_MARKER",
     "CallKeys",
     "DataPlane",
     "Location",
+    "OutputBatch",
     "Record",
     "RedisPlane",
     "RunMeta",

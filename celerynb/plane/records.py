@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import RemoteFailure
+from ..options import SlotOptions
 from . import codec
 
 
@@ -251,3 +253,114 @@ class ReadyLine:
         if found:
             return cls(ReadyKind.POOL, pid=int(found.group("pid")))
         return None
+
+
+# -- a call's description in the store (its ``meta`` hash) ----------------------------------------
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True)
+class CallMeta:
+    """What a call is, as its ``meta`` hash in the store says (what ``calls()`` lists and
+    ``attach()`` rebuilds). Every call has ``label``, ``started`` (wall clock) and
+    ``state``; a named call also its ``name``, ``fingerprint``, ``keep`` (seconds its
+    records stay: the scripts read this field, and only this one), ``slot`` options,
+    chunk ``bounds`` and ``reduce``; ``n_chunks`` once every chunk is stored; ``error``
+    and ``ended`` once it ended. A field left None is not in the hash."""
+
+    label: str = ""
+    started: float = 0.0
+    state: str = "running"
+    name: str | None = None
+    fingerprint: str | None = None
+    keep: int | None = None
+    slot: SlotOptions | None = None
+    bounds: tuple[tuple[int, int], ...] | None = None
+    reduce: bool | None = None
+    n_chunks: int | None = None
+    error: str | None = None
+    ended: float | None = None
+
+    def to_fields(self, *only: str) -> dict[str, str]:
+        """The hash's fields (``only``: just those, for an update of some of them)."""
+        encoded: dict[str, str | None] = {
+            "label": self.label,
+            "started": repr(self.started),
+            "state": self.state,
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "keep": None if self.keep is None else str(int(self.keep)),
+            "slot": None if self.slot is None else json.dumps(dataclasses.asdict(self.slot)),
+            "bounds": None if self.bounds is None else json.dumps([list(b) for b in self.bounds]),
+            "reduce": None if self.reduce is None else ("1" if self.reduce else "0"),
+            "n_chunks": None if self.n_chunks is None else str(self.n_chunks),
+            "error": self.error,
+            "ended": None if self.ended is None else repr(self.ended),
+        }
+        wanted = only or tuple(encoded)
+        return {k: v for k, v in encoded.items() if k in wanted and v is not None}
+
+    @classmethod
+    def from_fields(cls, raw: Mapping[bytes | str, bytes | str]) -> CallMeta:
+        """The description in a hash as Redis returns it (missing fields: their defaults)."""
+        f = {_text(k): _text(v) for k, v in raw.items()}
+        slot, bounds, reduce = f.get("slot"), f.get("bounds"), f.get("reduce")
+        keep, n_chunks, ended = f.get("keep"), f.get("n_chunks"), f.get("ended")
+        return cls(
+            label=f.get("label", ""),
+            started=float(f.get("started") or 0.0),
+            state=f.get("state", "running"),
+            name=f.get("name"),
+            fingerprint=f.get("fingerprint"),
+            keep=None if keep is None else int(float(keep)),
+            slot=None if slot is None else SlotOptions(**json.loads(slot)),
+            bounds=None if bounds is None else tuple((a, b) for a, b in json.loads(bounds)),
+            reduce=None if reduce is None else reduce == "1",
+            n_chunks=int(n_chunks) if n_chunks else None,
+            error=f.get("error"),
+            ended=float(ended) if ended else None,
+        )
+
+
+# -- what func printed, warned and logged on a worker ---------------------------------------------
+@dataclass(frozen=True)
+class OutputLine:
+    """One line of a chunk's output: ``stream`` is stdout, stderr, log or warning; a
+    warning repeated within a chunk comes once more with the ``count`` of repeats."""
+
+    stream: str
+    text: str
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class OutputBatch:
+    """Lines of one chunk's output, sent by the worker running it (signed JSON);
+    ``dropped``: lines and bytes left out past the call's cap (in its last batch)."""
+
+    chunk: int
+    worker: str
+    lines: tuple[OutputLine, ...] = ()
+    dropped: tuple[int, int] = (0, 0)
+
+    def encode(self, secret: str) -> bytes:
+        body: dict[str, object] = {
+            "chunk": self.chunk,
+            "worker": self.worker,
+            "lines": [
+                [x.stream, x.text, x.count] if x.count != 1 else [x.stream, x.text]
+                for x in self.lines
+            ],
+        }
+        if any(self.dropped):
+            body["dropped"] = list(self.dropped)
+        return codec.sign(secret, json.dumps(body).encode())
+
+    @classmethod
+    def decode(cls, secret: str, blob: bytes) -> OutputBatch:
+        """The batch in ``blob`` (SignatureError if it was not signed with ``secret``)."""
+        body = json.loads(bytes(codec.verify(secret, blob)))
+        lines = tuple(OutputLine(str(x[0]), str(x[1]), *map(int, x[2:3])) for x in body["lines"])
+        lost = body.get("dropped") or (0, 0)
+        return cls(int(body["chunk"]), str(body["worker"]), lines, (int(lost[0]), int(lost[1])))

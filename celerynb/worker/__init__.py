@@ -31,7 +31,7 @@ from ..plane.codec import Job
 from ..plane.keys import QueueKeys
 from ..plane.records import WorkerInfo, WorkerState, worker_member
 from ..procs import die_with_parent
-from ..settings import Liveness, Settings, WorkerEnv, app_config
+from ..settings import Liveness, Settings, Tuning, WorkerEnv, app_config
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,7 @@ class Context:
         """The Redis plane, or (``shm``) the embedded cluster's shared-memory plane."""
         found = self._planes.get(shm)
         if found is None:
+            limit = Tuning.from_env().max_payload
             if shm:
                 from ..plane.shm import ShmStore
 
@@ -136,9 +137,10 @@ class Context:
                     raise RuntimeError(
                         "this worker has no CELERYNB_SHM_DIR: it is not the embedded one"
                     )
-                found = ShmPlane(self.redis, self.secret, ShmStore(directory, self.secret))
+                store = ShmStore(directory, self.secret)
+                found = ShmPlane(self.redis, self.secret, store, max_payload=limit)
             else:
-                found = RedisPlane(self.redis, self.secret)
+                found = RedisPlane(self.redis, self.secret, max_payload=limit)
             self._planes[shm] = found
         return found
 

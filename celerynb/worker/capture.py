@@ -18,12 +18,13 @@ import warnings
 from collections.abc import Callable
 from types import TracebackType
 
+from ..plane.records import OutputBatch, OutputLine
+
 FLUSH_EVERY = 0.25  # seconds between two batches of a running chunk
 TAIL = 50  # lines of a chunk's output kept for its error, if it fails
 _OWN = ("celery", "kombu", "billiard", "amqp")  # loggers that are the worker's, not func's
 
-Line = list[object]  # [stream, text] or ["warning", text, count]
-Sink = Callable[[dict[str, object]], bool]
+Sink = Callable[[OutputBatch], bool]
 
 
 class _Stream(io.TextIOBase):
@@ -61,7 +62,7 @@ class Capture:
 
     def __init__(self, sink: Sink, chunk: int, worker: str, level: int) -> None:
         self._sink, self._chunk, self._worker, self._level = sink, chunk, worker, level
-        self._lines: list[Line] = []
+        self._lines: list[OutputLine] = []
         self._partial = {"stdout": "", "stderr": ""}
         self._warned: dict[str, int] = {}
         self._tail: list[str] = []
@@ -99,7 +100,7 @@ class Capture:
                 self.add(name, rest)
         for text, count in self._warned.items():
             if count > 1:  # the first was sent as it came; the rest as a count
-                self._lines.append(["warning", text, count - 1])
+                self._lines.append(OutputLine("warning", text, count - 1))
         self.flush(final=True)
 
     def write(self, name: str, text: str) -> None:
@@ -113,7 +114,7 @@ class Capture:
         self._tail.append(text)
         del self._tail[:-TAIL]
         if self._sending:
-            self._lines.append([stream, text])
+            self._lines.append(OutputLine(stream, text))
         else:
             self._dropped[0] += 1
             self._dropped[1] += len(text) + 1
@@ -133,17 +134,16 @@ class Capture:
         if not seen:
             self._tail.append(text)
             if self._sending:
-                self._lines.append(["warning", text, 1])
+                self._lines.append(OutputLine("warning", text))
 
     def flush(self, final: bool = False) -> None:
         """Hand the lines collected so far to the sink (the end of the chunk: always)."""
         self._last = time.monotonic()
         if not self._lines and not (final and any(self._dropped)):
             return
-        batch: dict[str, object] = {"chunk": self._chunk, "worker": self._worker}
-        batch["lines"], self._lines = self._lines, []
-        if final and any(self._dropped):
-            batch["dropped"] = self._dropped
+        dropped = (self._dropped[0], self._dropped[1]) if final else (0, 0)
+        batch = OutputBatch(self._chunk, self._worker, tuple(self._lines), dropped)
+        self._lines = []
         try:
             self._sending = self._sink(batch) and self._sending
         except Exception:  # the store is gone: func's output is not worth failing it

@@ -17,7 +17,7 @@ from ..options import SlotOptions
 from ..plane import INLINE, DataPlane, codec, delete
 from ..plane.codec import Job
 from ..plane.keys import REDUCED, CallKeys
-from ..plane.records import FoldRequest, Record, RunMeta, Status
+from ..plane.records import FoldRequest, OutputBatch, Record, RunMeta, Status
 from ..plane.scripts import ABANDONED, OPEN, Report, Taken, next_chunk, push_record, reap
 from ..settings import REDUCE, RUN_CHUNKS, Tuning
 from . import app, context, leaving
@@ -87,7 +87,7 @@ def _capture(
     if not opts.output:
         return Capture(lambda batch: False, index, worker, opts.log_level)
 
-    def sink(batch: dict[str, object]) -> bool:
+    def sink(batch: OutputBatch) -> bool:
         return plane.push_output(keys, batch, opts.output_bytes)
 
     return Capture(sink, index, worker, opts.log_level)
