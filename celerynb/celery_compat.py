@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 from celery.backends.redis import RedisBackend
 
 if TYPE_CHECKING:
-    import redis
     from celery import Celery
 
 #: kombu's Redis transport: the hash and sorted set of delivered, unacked messages
@@ -59,11 +58,6 @@ def queue_lists(queue: str) -> list[str]:
 
 def task_meta_keys(task_ids: Iterable[str]) -> list[str]:
     return [TASK_META_PREFIX + t for t in task_ids]
-
-
-def forget_unacked(client: redis.Redis) -> None:
-    """Drop every delivered-but-unacked message (a dead embedded worker's reservations)."""
-    client.delete(*UNACKED_KEYS)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Sequence
 
+from .errors import ClusterError
 from .settings import ENV_BACKEND, ENV_BROKER, ENV_QUEUE, ENV_SECRET, Settings, mask_url
 
 CONNECT_TIMEOUT = 4.0  # seconds the broker and the store get to answer before we give up
@@ -67,7 +68,7 @@ def check_reachable(settings: Settings, timeout: float = CONNECT_TIMEOUT) -> Non
     """Raise WorkerConfigError (naming the masked URL) unless broker and store answer."""
     from kombu.connection import Connection
 
-    from . import plane
+    from .plane import store
 
     targets = [("result backend", settings.backend_url)]
     if settings.broker_url != settings.backend_url:
@@ -75,11 +76,7 @@ def check_reachable(settings: Settings, timeout: float = CONNECT_TIMEOUT) -> Non
     for what, url in targets:
         try:
             if url.startswith(("redis://", "rediss://", "unix://")):
-                client = plane.connect(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-                try:
-                    client.ping()
-                finally:
-                    client.close()
+                store.ping(url, timeout)
             else:
                 conn = Connection(url, connect_timeout=timeout)
                 try:
@@ -145,7 +142,6 @@ def _worker(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run
-    from .errors import ClusterError
 
     try:
         return run(rows=args.rows, n_workers=args.workers)
@@ -157,7 +153,6 @@ def _demo(args: argparse.Namespace) -> int:
 def _cluster(args: argparse.Namespace) -> int:
     """``celerynb cluster start | status | stop``; exit 0 when it is (or was) done."""
     from . import detached
-    from .errors import ClusterError
 
     try:
         found = detached.DetachedCluster.load()

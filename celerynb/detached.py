@@ -24,11 +24,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import redis
-
 from .errors import ClusterError
 from .plane.codec import new_secret
 from .plane.records import ReadyKind, ReadyLine
+from .plane.store import StoreError, ping
 from .procs import alive, find_redis_server, free_port, tail, usable_cores
 from .settings import ENV_SECRET, Places, mask_url
 
@@ -85,15 +84,11 @@ class DetachedCluster:
 
     def answers(self, timeout: float = 1.0) -> bool:
         """Whether its redis-server answers a PING."""
-        client = redis.Redis.from_url(
-            self.broker_url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
         try:
-            return bool(client.ping())
-        except redis.RedisError:
+            ping(self.broker_url, timeout)
+        except StoreError:
             return False
-        finally:
-            client.close()
+        return True
 
     def running(self) -> bool:
         """Both processes alive and the server answering."""

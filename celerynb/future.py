@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from .call import Call, CallState
 from .progress import Display, NoDisplay
+from .stats import frame
+from .stats import timeline as draw_timeline
 from .widget import mimebundle
 
 if TYPE_CHECKING:
@@ -98,16 +100,12 @@ class MapFuture(concurrent.futures.Future[Any]):
     def stats(self) -> Any:
         """A pandas DataFrame, one row per chunk run so far: chunk, items, worker, pid,
         start, end (UTC), seconds, bytes_in, bytes_out (as stored), tries."""
-        from .stats import frame
-
         return frame(self._call)
 
     def timeline(self) -> Any:
         """A matplotlib Figure of the chunks per worker process over time (shown inline in
         a notebook; ``.savefig`` works). Needs matplotlib (``celerynb[plot]``)."""
-        from .stats import timeline
-
-        return timeline(self._call)
+        return draw_timeline(self._call)
 
     # -- waiting ----------------------------------------------------------------------------------
     def result(self, timeout: float | None = None) -> Any:

@@ -25,6 +25,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from . import celery_compat
+from .errors import ClusterError
 from .settings import mask_url
 
 if TYPE_CHECKING:
@@ -161,7 +162,6 @@ class CelerynbMagics(Magics):
     @staticmethod
     def _start(n_workers: int | None) -> None:
         from .cluster import LocalCluster, current
-        from .errors import ClusterError
 
         existing = current()
         if existing is not None:
@@ -240,7 +240,6 @@ class CelerynbMagics(Magics):
     @staticmethod
     def _connect(url: str | None) -> None:
         from .cluster import connect, current
-        from .errors import ClusterError
 
         previous = current()
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..detached import DetachedCluster, state_file
 from ..errors import ClusterError
 from ..settings import ENV_BROKER, Liveness, Settings
 from . import registry
@@ -31,8 +32,6 @@ def connect(
     broker or the store is unreachable (workers may start later).
     """
     if broker_url is None and not Settings.deployment_url():
-        from ..detached import DetachedCluster, state_file
-
         found = DetachedCluster.load()
         if found is None:
             raise ClusterError(

@@ -288,7 +288,7 @@ class LocalCluster(Cluster):
             proc = self._procs.worker_proc
             stop_procs([proc] if proc is not None else [], grace=0)  # what is left of its pool
             self._procs.procs.remove(proc)  # type: ignore[arg-type]
-            celery_compat.forget_unacked(self.redis)
+            self.store.delete(celery_compat.UNACKED_KEYS)  # its reservations
             self._procs.wait_ready(self._procs.start_worker(self.settings, self.shm), self)
             self.generation += 1
             return True

@@ -1,4 +1,4 @@
-"""The driver's store: every Redis command the driver sends about its calls, typed, in one place.
+"""The stores: every Redis command about calls, typed, in one place.
 
 One :class:`CallStore` per cluster (``Cluster.store``) owns the Redis client,
 the secret, the queue's registries, the :class:`~celerynb.plane.DataPlane`
@@ -7,8 +7,10 @@ and the limits (``settings.Tuning``). A call's chunks are stored through a
 :meth:`CallStore.poll` for every call in flight (a :class:`PollRequest` in,
 a :class:`PollReply` out per call); named calls are described by a
 :class:`~celerynb.plane.records.CallMeta` and listed in the queue's
-registries. Redis errors come out as :data:`StoreError` (a lost connection:
-:data:`StoreUnreachable`).
+registries. A worker's pool process has a :class:`WorkerStore` (the
+commands of its draining and reduce tasks), and :func:`ping` checks that a
+server answers. Redis errors come out as :data:`StoreError` (a lost
+connection: :data:`StoreUnreachable`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from typing import TYPE_CHECKING, cast
 
 import redis
 
-from . import DataPlane, check_size, delete, scripts
+from . import DataPlane, check_size, connect, delete, scripts
 from .keys import REDUCED, TTL, CallKeys, QueueKeys, running_pattern
 from .records import CallMeta, FoldRequest, OutputBatch
+from .scripts import Report, Taken
 
 if TYPE_CHECKING:
     from redis.client import Pipeline
@@ -353,6 +356,79 @@ class CallStore:
 
     def close(self) -> None:
         self.redis.close()
+
+
+class WorkerStore:
+    """The store as a worker's pool process uses it (its draining and reduce tasks), on
+    ``client``; fold requests are verified with ``secret``. One round trip per method."""
+
+    def __init__(self, client: redis.Redis, secret: str) -> None:
+        self.redis, self.secret = client, secret
+
+    def __repr__(self) -> str:
+        return f"<WorkerStore on {self.redis!r}>"
+
+    def take(
+        self,
+        keys: CallKeys,
+        slot: str,
+        report: Report | None,
+        *,
+        take: bool,
+        have_job: bool,
+        inline_max: int,
+        worker: str,
+        watch: bool,
+    ) -> Taken:
+        """Report the chunk ``report`` ran and (``take``) take the slot's next one: see
+        :func:`~celerynb.plane.scripts.next_chunk`."""
+        return scripts.next_chunk(
+            self.redis,
+            keys,
+            slot,
+            report,
+            take=take,
+            have_job=have_job,
+            inline_max=inline_max,
+            worker=worker,
+            watch=watch,
+        )
+
+    def wait_for_chunks(self, keys: CallKeys, seconds: float) -> None:
+        """Wait up to ``seconds`` for an open call to queue a chunk (none is taken: the
+        list's last chunk number rotates to its head)."""
+        self.redis.brpoplpush(keys.pending, keys.pending, timeout=seconds)
+
+    def reap(self, keys: CallKeys) -> None:
+        """Delete everything of a call whose driver is gone."""
+        scripts.reap(self.redis, keys)
+
+    def job_blob(self, keys: CallKeys) -> bytes | None:
+        """The call's signed job (None: it is gone)."""
+        return cast("bytes | None", self.redis.get(keys.func))
+
+    def drop_results(self, keys: CallKeys, parts: Iterable[int]) -> None:
+        """Unlink the result keys of ``parts`` (reduced: the driver never reads them)."""
+        delete(self.redis, [keys.result(i) for i in parts])
+
+    def push_record(self, keys: CallKeys, index: int, record: bytes, parked: bytes) -> bool:
+        """Push a record (a reducer's) and park its value unless the call is gone."""
+        return scripts.push_record(self.redis, keys, index, record, parked)
+
+    def pop_fold(self, keys: CallKeys) -> FoldRequest | None:
+        """The next partial reduction the call's driver asked for (None: there is none)."""
+        blob = cast("bytes | None", self.redis.lpop(keys.folds))
+        return FoldRequest.decode(self.secret, blob) if blob else None
+
+
+def ping(url: str, timeout: float) -> None:
+    """Return if the Redis server at ``url`` answers a PING within ``timeout`` s; else
+    raise :data:`StoreError` (:data:`StoreUnreachable`: nothing answers there)."""
+    client = connect(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        client.ping()
+    finally:
+        client.close()
 
 
 def _text(value: bytes | str) -> str:

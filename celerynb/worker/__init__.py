@@ -30,6 +30,7 @@ from ..plane import DataPlane, RedisPlane, ShmPlane, codec, scripts
 from ..plane.codec import Job
 from ..plane.keys import QueueKeys
 from ..plane.records import WorkerInfo, WorkerState, worker_member
+from ..plane.store import WorkerStore
 from ..procs import die_with_parent
 from ..settings import Liveness, Settings, Tuning, WorkerEnv, app_config
 
@@ -98,7 +99,8 @@ app.add_defaults(_configure)  # a promise: read when the configuration is first 
 
 
 class Context:
-    """What one pool process keeps between tasks: its Redis client, data planes, recent jobs."""
+    """What one pool process keeps between tasks: its Redis client and store, data planes,
+    recent jobs."""
 
     def __init__(self) -> None:
         self.reset()
@@ -106,6 +108,7 @@ class Context:
     def reset(self) -> None:
         """Forget everything (a freshly forked pool process makes its own clients)."""
         self._client: redis.Redis | None = None
+        self._store: WorkerStore | None = None
         self._planes: dict[bool, DataPlane] = {}
         self.jobs: OrderedDict[str, Job] = OrderedDict()  # the last few calls' jobs
         scripts.forget_clients()
@@ -119,6 +122,13 @@ class Context:
         if self._client is None:
             self._client = plane.connect(start().settings.backend_url)
         return self._client
+
+    @property
+    def store(self) -> WorkerStore:
+        """The store's commands of the draining and reduce tasks, on this process's client."""
+        if self._store is None:
+            self._store = WorkerStore(self.redis, self.secret)
+        return self._store
 
     def owner(self, name: str) -> str:
         """Who runs a slot: worker ``name`` in this process start (see :class:`Runtime`)."""

@@ -21,6 +21,9 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from celery import signals
+
+from .. import worker
 from ..plane.records import ReadyKind, ReadyLine
 from ..settings import Settings
 
@@ -98,10 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--loglevel", default="WARNING")
     args = parser.parse_args(argv)
-
-    from celery import signals
-
-    from .. import worker
 
     try:
         runtime = worker.start()

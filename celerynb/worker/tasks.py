@@ -14,11 +14,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from .. import celery_compat, dispatch
 from ..errors import RemoteFailure, failure_of
 from ..options import SlotOptions
-from ..plane import INLINE, DataPlane, codec, delete
+from ..plane import INLINE, DataPlane, codec
 from ..plane.codec import Job
 from ..plane.keys import REDUCED, CallKeys
-from ..plane.records import FoldRequest, OutputBatch, Record, RunMeta, Status
-from ..plane.scripts import ABANDONED, OPEN, Report, Taken, next_chunk, push_record, reap
+from ..plane.records import OutputBatch, Record, RunMeta, Status
+from ..plane.scripts import ABANDONED, OPEN, Report, Taken
 from ..settings import REDUCE, RUN_CHUNKS, Tuning
 from . import app, context, leaving
 from .capture import Capture
@@ -169,8 +169,7 @@ def run_chunks(self: Task, call: str, slot: str, opts: SlotOptions, spare: bool 
     while True:
         taken = len(ran)
         take = not (opts.one and taken) and time.monotonic() < stop and not leaving()
-        got = next_chunk(
-            ctx.redis,
+        got = ctx.store.take(
             keys,
             slot,
             report,
@@ -184,13 +183,13 @@ def run_chunks(self: Task, call: str, slot: str, opts: SlotOptions, spare: bool 
             plane.drop(keys, [report.index], results=not got.accepted)
         report = None
         if got.pending == ABANDONED:  # its notebook is gone: nobody wants the results
-            reap(ctx.redis, keys)
+            ctx.store.reap(keys)
             return _summary(opts, call, ran)
         if got.index is None and opts.keep and _fold(keys, opts, worker):
             continue  # between an iterator's chunks: a partial reduction it asked for
         if got.index is None and got.pending == OPEN and take:  # more chunks may come
             # (the list's last chunk number rotates to its head: nothing is taken)
-            ctx.redis.brpoplpush(keys.pending, keys.pending, timeout=OPEN_WAIT)
+            ctx.store.wait_for_chunks(keys, OPEN_WAIT)
             continue
         if got.index is None:
             if got.pending and not opts.one:  # time is up (or leaving), chunks are left
@@ -209,7 +208,7 @@ def reduce_into(call: str, parts: list[int], shm: bool, out: int, worker: str) -
     ctx, keys = context, CallKeys(call)
     plane, started = ctx.plane(shm), time.perf_counter()
     try:
-        job = ctx.job(call, ctx.redis.get(keys.func), worker)  # type: ignore[arg-type]
+        job = ctx.job(call, ctx.store.job_blob(keys), worker)
         values = plane.load_parts(keys, parts)
     except LookupError:  # cancelled meanwhile
         return
@@ -224,17 +223,16 @@ def reduce_into(call: str, parts: list[int], shm: bool, out: int, worker: str) -
         record = Record(out, Status.ERROR, failure, meta=_meta(worker, started, begun, 1))
     del values
     plane.drop(keys, parts, results=True)
-    delete(ctx.redis, [keys.result(i) for i in parts])
+    ctx.store.drop_results(keys, parts)
     blob, parked = plane.place(keys, record)
-    push_record(ctx.redis, keys, out, blob, parked)
+    ctx.store.push_record(keys, out, blob, parked)
 
 
 def _fold(keys: CallKeys, opts: SlotOptions, worker: str) -> bool:
     """Run a partial reduction the driver asked for, if there is one; whether there was."""
-    blob = context.redis.lpop(keys.folds)
-    if not blob:
+    fold = context.store.pop_fold(keys)
+    if fold is None:
         return False
-    fold = FoldRequest.decode(context.secret, blob)  # type: ignore[arg-type]
     reduce_into(keys.call, list(fold.parts), opts.shm, fold.out, worker)
     return True
 
