@@ -20,6 +20,7 @@ from .options import CallKwargs, CallOptions, signature
 from .plane import codec
 from .planning import RangePlan
 from .runner import CallRunner, launch
+from .sinks import WriteTo
 from .streams import Peeked
 from .windows import Overlap
 
@@ -81,6 +82,8 @@ def _dump_job(secret: str, job: codec.Job) -> bytes:
 def _empty(func: Callable[..., Any], inputs: tuple[Any, ...], opts: CallOptions) -> Any:
     """Empty input is one empty chunk, run locally (or the empty input, if func fails)."""
     data = inputs[0]
+    if opts.to is not None:  # no chunk: no file
+        return []
     if isinstance(data, Peeked):  # an empty iterator: no chunk to run func on
         return opts.reduce([]) if opts.reduce is not None else []
     grouped = kind_of(data) == "groupby"
@@ -99,7 +102,22 @@ def _shipped(
     func: Callable[..., Any], inputs: tuple[Any, ...], n_items: int, opts: CallOptions
 ) -> Callable[..., Any]:
     """What the workers call on a chunk (pickled once): ``func`` itself, or a wrapper that
-    runs it per group (a groupby) or drops the carried rows (``overlap=``)."""
+    runs it per group (a groupby) or drops the carried rows (``overlap=``); with ``to=``,
+    that wrapped in one that writes the result to the chunk's file (outermost)."""
+    target = opts.target()
+    if target is None:
+        return _unwritten(func, inputs, n_items, opts)
+    if is_groupby(inputs[0]):
+        raise ValueError(
+            "to= is for data split by rows, not for a groupby yet: run the groupby call "
+            "without to= and write its result, or pass the frame itself with to="
+        )
+    return WriteTo(_unwritten(func, inputs, n_items, opts), target)
+
+
+def _unwritten(
+    func: Callable[..., Any], inputs: tuple[Any, ...], n_items: int, opts: CallOptions
+) -> Callable[..., Any]:
     if is_groupby(inputs[0]):
         if opts.overlap:
             raise ValueError(
@@ -216,8 +234,10 @@ def cmap(
     default the current one, started on first use. The options and their
     defaults are those of :class:`~celerynb.options.CallOptions`: ``args``,
     ``kwargs``, ``chunks``, ``chunk_size``, ``reduce``, ``progress``,
-    ``timeout``, ``retries``, ``chunk_timeout``, ``attempts``. Interrupting
-    the wait cancels the outstanding chunks.
+    ``timeout``, ``retries``, ``chunk_timeout``, ``attempts``; ``to``
+    (the workers write each chunk's result to a file; the paths come back)
+    and ``storage_options``. Interrupting the wait cancels the outstanding
+    chunks.
     """
     return cmap_async(func, data, *more, cluster=cluster, **options).result()
 

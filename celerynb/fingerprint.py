@@ -95,6 +95,8 @@ def fingerprint(func: object, inputs: tuple[object, ...], opts: CallOptions) -> 
             _func_digest(f, h)
     extra = (opts.args, opts.kwargs, opts.overlap) if opts.overlap else (opts.args, opts.kwargs)
     h.update(cloudpickle.dumps(extra))
+    if opts.to is not None:  # other files: another call
+        h.update(cloudpickle.dumps((opts.to, opts.storage_options)))
     for data in inputs:
         _data_digest(data, h)
     return h.hexdigest()

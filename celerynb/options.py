@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal, TypedDict
 
+from .sinks import Target
+
 Progress = bool | Literal["auto", "widget", "text"] | None
 Output = bool | Literal["stream", "end"]
 PROGRESS_CHOICES = (True, False, None, "auto", "widget", "text")
@@ -38,6 +40,8 @@ class CallKwargs(TypedDict, total=False):
     name: str | None
     keep: float | timedelta | None
     replace: bool
+    to: str | None
+    storage_options: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,13 @@ class CallOptions:
     - ``keep=None``: seconds (or a timedelta) a named call's results are kept
       (24 h);
     - ``replace=False``: True lets a named call replace another one of that
-      name with a different function or data.
+      name with a different function or data;
+    - ``to=None``: a path or URL pattern such as ``"out/part-{chunk:05d}.parquet"``:
+      each worker writes its chunk's result to that file (format by suffix:
+      ``.parquet``, ``.csv``, ``.json`` lines, ``.npy``, ``.pkl``) and the call
+      returns the paths, in chunk order (see :mod:`celerynb.sinks`);
+    - ``storage_options=None``: options of ``to=``'s fsspec filesystem
+      (credentials, endpoint), sent to the workers with the signed job.
     """
 
     args: tuple[Any, ...] = ()
@@ -97,6 +107,8 @@ class CallOptions:
     name: str | None = None
     keep: float | timedelta | None = None
     replace: bool = False
+    to: str | None = None
+    storage_options: dict[str, Any] | None = None
 
     @classmethod
     def make(cls, **given: Any) -> CallOptions:
@@ -149,6 +161,7 @@ class CallOptions:
             raise ValueError(f"output must be 'stream', 'end', True or False; got {self.output!r}")
         self.level()  # a bad log_level names itself
         self._check_naming()
+        self.target()  # a bad to= or storage_options= names itself
         progress = self.progress
         if not (
             progress is None
@@ -173,6 +186,23 @@ class CallOptions:
         object.__setattr__(self, "keep", keep)
         if self.name is None and (self.keep is not None or self.replace):
             raise ValueError("keep= and replace= are for named calls: pass name= too")
+
+    def target(self) -> Target | None:
+        """Where the workers write the chunks' results (``to=``), or None."""
+        if self.to is None:
+            if self.storage_options is not None:
+                raise ValueError(
+                    "storage_options= is for the files that to= writes: pass to= too "
+                    "(a source such as celerynb.read_csv takes its own storage_options=)"
+                )
+            return None
+        if self.reduce is not None:
+            raise ValueError(
+                "to= writes each chunk's result to a file and returns the paths; reduce= "
+                "combines the results into one value: pass one of them (to reduce what "
+                "to= wrote, run a second cmap over the returned paths with reduce=)"
+            )
+        return Target.parse(self.to, self.storage_options)
 
     @property
     def keep_seconds(self) -> float:

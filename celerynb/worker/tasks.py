@@ -11,7 +11,7 @@ from dataclasses import replace
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from .. import celery_compat, dispatch
+from .. import celery_compat, dispatch, running
 from ..errors import RemoteFailure, failure_of
 from ..options import SlotOptions
 from ..plane import INLINE, DataPlane, codec
@@ -109,7 +109,7 @@ def _run_one(
         else:
             job = context.job(keys.call, got.job, worker)
             chunk, size = plane.load_chunk(keys, index, got.chunk)
-            with capture:
+            with capture, running.chunk(index):
                 value = compute(job, chunk, opts)
             del chunk
             status = Status.STORED if opts.keep else Status.OK
