@@ -251,16 +251,17 @@ class Target:
         try:
             with fs.open(temp, "wb", compression=self.compression) as file:
                 self.fmt.write(value, file)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                fs.rm(temp)
+            raise
+        try:
             _move(fs, temp, final)
         except FileNotFoundError:
             # a run of this chunk that started later removed our temporary file as stale,
             # and writes (or wrote) the same content: its file stands
             if not fs.exists(final):
                 raise
-        except BaseException:
-            with contextlib.suppress(Exception):
-                fs.rm(temp)
-            raise
         return path
 
 
