@@ -77,7 +77,7 @@ class Window:
         budget = STORE_BYTES_PER_WORKER * max(2, workers)
         if free_bytes is not None:
             budget = min(budget, int(max(free_bytes, 0) * STORE_SHARE))
-        chunk = max(MIN_CHUNK_BYTES, min(MAX_CHUNK_BYTES, budget // (3 * workers + 4)))
+        chunk = max(MIN_CHUNK_BYTES, min(MAX_CHUNK_BYTES, budget // (4 * workers + 8)))
         window = max(chunk, budget - (2 * workers + 2) * chunk)
         return cls(chunk, window, max_ahead, free_bytes)
 

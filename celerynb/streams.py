@@ -298,8 +298,7 @@ class Feeder(threading.Thread):
 
     def _fill(self) -> bool:
         """Store what the window admits now, in batches; whether anything was stored."""
-        feed = self.feed
-        plan, call = feed.plan, feed.call
+        feed, call = self.feed, self.feed.call
         big_call = feed.size >= EARLY_BYTES and not feed.streaming
         limit = EARLY_BATCH if big_call or feed.streaming else PUSH_BYTES
         first = feed.n_workers if big_call and not feed.draining else 0
@@ -312,7 +311,7 @@ class Feeder(threading.Thread):
                 break
             index, chunk, size = got
             if chunk is None:
-                chunk = _cut(plan, index)
+                chunk = _cut(feed.plan, index)  # (adaptive chunking extends the plan)
             if not feed.streaming:
                 with feed._lock:
                     feed.todo.popleft()
@@ -331,15 +330,14 @@ class Feeder(threading.Thread):
     def _store(self, items: list[tuple[int, object, int]]) -> None:
         """Store ``items`` (index, chunk, estimated bytes) in one batch and queue them; the
         first batch sends the draining tasks. A full store is waited out for ``FULL_WAIT`` s."""
-        feed, host = self.feed, self.feed.host
-        plan, call = feed.plan, feed.call
+        feed, host, call = self.feed, self.feed.host, self.feed.call
         queued = [i for i, _, _ in items]
         deadline = time.monotonic() + FULL_WAIT
         while True:
             batch = host.batch()
             sizes = {}
             for index, chunk, size in items:
-                what = plan.info(index).describe()
+                what = feed.plan.info(index).describe()
                 sizes[index] = _put(batch, index, chunk, size >= INLINE, what)
             with feed._lock:
                 last = not feed.streaming and not feed.todo and not feed.expecting
