@@ -33,6 +33,7 @@ _PUBLIC = {
     "ClusterError": "errors",
     "PayloadTooLarge": "errors",
     "SignatureError": "errors",
+    "StoreFull": "errors",
     "VersionMismatch": "errors",
     "MapFuture": "future",
     "CallOptions": "options",
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
         PayloadTooLarge,
         ReductionWarning,
         SignatureError,
+        StoreFull,
         VersionMismatch,
     )
     from .future import MapFuture
@@ -104,6 +106,7 @@ __all__ = [
     "PayloadTooLarge",
     "ReductionWarning",
     "SignatureError",
+    "StoreFull",
     "VersionMismatch",
     "__version__",
     "as_current",

@@ -35,6 +35,11 @@ class PayloadTooLarge(CelerynbError, ValueError):
     """A chunk, a result or the function is larger than the store accepts."""
 
 
+class StoreFull(CelerynbError, MemoryError):
+    """The store (Redis at its ``maxmemory``) refused a call's data for longer than the
+    call waits: the message names the store, its limit, what the call needed and the fixes."""
+
+
 class SignatureError(CelerynbError, ValueError):
     """A payload was unsigned, truncated or signed with another secret."""
 

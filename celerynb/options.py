@@ -71,8 +71,9 @@ class CallOptions:
     - ``output_lines=1000``, ``output_bytes=1 MiB``: past these, a call's
       output is counted, not shown;
     - ``log_level="WARNING"``: log records of this level and up are shown;
-    - ``max_ahead=None``: for an iterator of chunks, how many chunks are read and
-      stored ahead of the workers (default: twice the pool processes);
+    - ``max_ahead=None``: how many chunks are stored ahead of the workers, waiting
+      for one (default: for an iterator of chunks, twice the pool processes; for
+      other inputs, as many as the call's window of bytes in the store holds);
     - ``name=None``: a named call, on a detached or remote cluster, goes on
       when its kernel dies and is found again by ``attach(name)``; running the
       same function on the same data under that name again attaches to it;

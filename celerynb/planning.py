@@ -44,6 +44,48 @@ ADAPT_MIN_ITEMS_PER_WORKER = 64  # smaller inputs use the fixed rule
 PROBES_PER_WORKER = 32  # a probe chunk holds 1/(32 x workers) of the items
 EARLY_BYTES = 8 * 2**20  # calls with more data start before all of it is stored
 MAX_BLOCKS_MOVED = 2048  # the fixed rule's chunks carry at most this many pandas blocks
+# The window: chunk bytes a call keeps in the store (stored, not yet done) ahead of its workers.
+STORE_BYTES_PER_WORKER = 64 * 2**20  # a store without maxmemory: a call's share, per worker
+STORE_SHARE = 0.75  # a store with maxmemory: a call's share of its free memory
+FILE_WINDOW_BYTES = 2**30  # chunk bytes in shared-memory files ahead of the workers
+MIN_CHUNK_BYTES = 2**20  # the byte cap never plans chunks smaller than this
+
+
+@dataclass(frozen=True)
+class Window:
+    """How much of a call the store holds at once: chunks of at most ``chunk_bytes``
+    (planned so), at most ``bytes`` of chunks stored and not done yet, and at most
+    ``chunks`` waiting for a worker (``max_ahead=``; None: as many as ``bytes`` allow).
+    ``limit``: the store's free memory when it has a ``maxmemory`` (None: no limit)."""
+
+    chunk_bytes: int
+    bytes: int
+    chunks: int | None = None
+    limit: int | None = None
+
+    @classmethod
+    def of_store(
+        cls, n_workers: int, free_bytes: int | None, max_ahead: int | None = None
+    ) -> Window:
+        """The window of a Redis store (``free_bytes``: under its maxmemory, None: no limit).
+
+        Besides the window, the store holds a result per running chunk until the driver
+        takes it, and a chunk in transit per worker and for the driver (Redis buffers
+        each request and reply): chunks are cut so that all of it fits the call's budget.
+        """
+        workers = max(n_workers, 1)
+        budget = STORE_BYTES_PER_WORKER * max(2, workers)
+        if free_bytes is not None:
+            budget = min(budget, int(max(free_bytes, 0) * STORE_SHARE))
+        chunk = max(MIN_CHUNK_BYTES, min(MAX_CHUNK_BYTES, budget // (4 * workers + 8)))
+        window = max(chunk, budget - (2 * workers + 2) * chunk)
+        return cls(chunk, window, max_ahead, free_bytes)
+
+    @classmethod
+    def of_files(cls, free_bytes: int, max_ahead: int | None = None) -> Window:
+        """The window of a shared-memory plane with ``free_bytes`` on its tmpfs."""
+        window = max(MAX_CHUNK_BYTES, min(FILE_WINDOW_BYTES, free_bytes // 2))
+        return cls(MAX_CHUNK_BYTES, window, max_ahead)
 
 
 class ChunkPlan(Protocol):
@@ -84,11 +126,13 @@ def n_chunks_for(
     chunk_size: int | None = None,
     blocks: int = 1,
     per_worker: int = CHUNKS_PER_WORKER,
+    max_chunk_bytes: int = MAX_CHUNK_BYTES,
 ) -> int:
     """How many chunks the fixed rule cuts ``n_items`` into (``chunks=`` / ``chunk_size=`` win).
 
     ``blocks``: pandas blocks of one chunk of the inputs (see the module docstring);
-    ``per_worker``: chunks per worker before the byte and block limits.
+    ``per_worker``: chunks per worker before the byte and block limits;
+    ``max_chunk_bytes``: the biggest chunk planned (``Window.chunk_bytes``).
     """
     if chunks is not None and chunk_size is not None:
         raise ValueError("pass chunks= or chunk_size=, not both")
@@ -99,7 +143,7 @@ def n_chunks_for(
     else:
         workers = max(n_workers, 1)
         wanted = min(per_worker * workers, max(workers, MAX_BLOCKS_MOVED // blocks))
-        wanted = max(wanted, math.ceil(size / MAX_CHUNK_BYTES))
+        wanted = max(wanted, math.ceil(size / max_chunk_bytes))
     return max(1, min(wanted, n_items))
 
 
@@ -187,6 +231,7 @@ class AdaptivePlanner:
     n_items: int
     workers: int
     size: int  # bytes of the inputs
+    max_chunk_bytes: int = MAX_CHUNK_BYTES  # the biggest chunk planned
 
     @classmethod
     def applies(cls, n_items: int, workers: int) -> bool:
@@ -196,7 +241,7 @@ class AdaptivePlanner:
         """One probe chunk per worker, each 1/(32 x workers) of the items (at most 64 MiB)."""
         per_probe = min(
             self.n_items // (PROBES_PER_WORKER * self.workers),
-            max(1, self.n_items * MAX_CHUNK_BYTES // max(self.size, 1)),
+            max(1, self.n_items * self.max_chunk_bytes // max(self.size, 1)),
         )
         return RangePlan(inputs, (), overlap).then([max(1, per_probe)] * self.workers)
 
@@ -207,7 +252,7 @@ class AdaptivePlanner:
         lowest = math.ceil(TARGET_CHUNK_SECONDS / per_item)
         highest = max(1, math.ceil(left / workers))
         if self.size:
-            highest = min(highest, max(1, self.n_items * MAX_CHUNK_BYTES // self.size))
+            highest = min(highest, max(1, self.n_items * self.max_chunk_bytes // self.size))
         if self.size >= EARLY_BYTES:  # big data: chunks small enough to pipeline the copies
             highest = min(highest, math.ceil(self.n_items / (CHUNKS_PER_WORKER * workers)))
         sizes = []
@@ -228,11 +273,12 @@ def make_plan(
     chunk_size: int | None,
     fixed: bool,
     overlap: int = 0,
+    max_chunk_bytes: int = MAX_CHUNK_BYTES,
 ) -> tuple[ChunkPlan, AdaptivePlanner | None]:
     """The first chunks of a call, and the adaptive planner that adds the rest (or None).
 
     ``fixed`` forces the fixed rule (``reduce=`` calls); ``overlap``: items before each
-    chunk that it carries too.
+    chunk that it carries too; ``max_chunk_bytes``: the biggest chunk the rules plan.
     """
     n_items = check_inputs(inputs)
     if n_items < 0:  # iterators of chunks
@@ -244,16 +290,19 @@ def make_plan(
         size_each = None if chunk_size is None else _positive_int("chunk_size", chunk_size)
         return StreamPlan(inputs, size_each), None
     if kind_of(inputs[0]) == "groupby":
-        return GroupPlan.make(
-            inputs[0], n_chunks_for(n_items, workers, size, chunks, chunk_size)
-        ), None
+        n_groups = n_chunks_for(
+            n_items, workers, size, chunks, chunk_size, max_chunk_bytes=max_chunk_bytes
+        )
+        return GroupPlan.make(inputs[0], n_groups), None
     large = AdaptivePlanner.applies(n_items, workers)
     if chunks is None and chunk_size is None and not fixed and large:
-        planner = AdaptivePlanner(n_items, workers, size)
+        planner = AdaptivePlanner(n_items, workers, size, max_chunk_bytes)
         return planner.probes(inputs, overlap), planner
     blocks = sum(blocks_of(data) for data in inputs)
     per_worker = CHUNKS_PER_WORKER if large else 1
-    n_chunks = n_chunks_for(n_items, workers, size, chunks, chunk_size, blocks, per_worker)
+    n_chunks = n_chunks_for(
+        n_items, workers, size, chunks, chunk_size, blocks, per_worker, max_chunk_bytes
+    )
     return RangePlan.even(inputs, n_chunks, overlap), None
 
 

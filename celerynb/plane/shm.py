@@ -165,6 +165,10 @@ class ShmStore:
     def closed(self) -> bool:
         return self._closed
 
+    def free_bytes(self) -> int:
+        """Bytes free on the tmpfs (what more files may take)."""
+        return shutil.disk_usage(self._dir).free
+
     def put(self, name: str, obj: object) -> int:
         """Store ``obj`` as ``name``, replacing any object of that name; return the file size."""
         path = self._path(name)

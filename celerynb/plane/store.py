@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 StoreError = redis.RedisError  # any failure of the store
 StoreUnreachable = redis.ConnectionError  # the store does not answer
+StoreRefused = redis.exceptions.OutOfMemoryError  # at its maxmemory, the store refuses writes
 
 OPEN_SECONDS = 10  # workers stop waiting for an open call's chunks when its driver is gone
 POP_MAX = 1000  # records (or output batches) taken from a call's list per poll
@@ -63,6 +64,26 @@ class PollReply:
     running: int
     output: list[bytes]
     kept: int = 0
+
+
+@dataclass(frozen=True)
+class StoreMemory:
+    """The store's memory as ``INFO memory`` says: ``maxmemory`` (0: no limit) and
+    ``used`` bytes."""
+
+    maxmemory: int
+    used: int
+
+    @property
+    def free(self) -> int | None:
+        """Bytes left under ``maxmemory`` (None: no limit)."""
+        return max(0, self.maxmemory - self.used) if self.maxmemory else None
+
+    def describe(self) -> str:
+        if not self.maxmemory:
+            return "no maxmemory"
+        mib = 2**20
+        return f"maxmemory {self.maxmemory / mib:.0f} MiB, {self.used / mib:.0f} MiB used"
 
 
 @dataclass(frozen=True)
@@ -143,6 +164,15 @@ class CallStore:
 
     def __repr__(self) -> str:
         return f"<CallStore of queue {self.queue_keys.queue!r} on {self.plane!r}>"
+
+    def memory(self) -> StoreMemory:
+        """The store's ``maxmemory`` and memory used (``INFO memory``: some managed Redis
+        refuse ``CONFIG GET``); no limit if the server does not say."""
+        try:
+            info = self.redis.info("memory")
+        except redis.ResponseError:
+            return StoreMemory(0, 0)
+        return StoreMemory(int(info.get("maxmemory", 0) or 0), int(info.get("used_memory", 0)))
 
     def check_size(self, blob: bytes, what: str, fix: str) -> None:
         """PayloadTooLarge if ``blob`` is over the store's limit (``Tuning.max_payload``)."""
@@ -410,6 +440,11 @@ class WorkerStore:
     def drop_results(self, keys: CallKeys, parts: Iterable[int]) -> None:
         """Unlink the result keys of ``parts`` (reduced: the driver never reads them)."""
         delete(self.redis, [keys.result(i) for i in parts])
+
+    def park(self, keys: CallKeys, index: int, value: bytes) -> None:
+        """Keep chunk ``index``'s result ``value`` apart for the driver (:data:`StoreRefused`
+        when the store is full)."""
+        self.redis.set(keys.result(index), value, ex=TTL)
 
     def push_record(self, keys: CallKeys, index: int, record: bytes, parked: bytes) -> bool:
         """Push a record (a reducer's) and park its value unless the call is gone."""

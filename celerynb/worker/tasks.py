@@ -6,24 +6,29 @@ import functools
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from .. import celery_compat, dispatch, running
-from ..errors import RemoteFailure, failure_of
+from ..errors import RemoteFailure, StoreFull, failure_of
 from ..options import SlotOptions
 from ..plane import INLINE, DataPlane, codec
 from ..plane.codec import Job
 from ..plane.keys import REDUCED, CallKeys
 from ..plane.records import OutputBatch, Record, RunMeta, Status
 from ..plane.scripts import ABANDONED, OPEN, Report, Taken
+from ..plane.store import StoreRefused
 from ..settings import REDUCE, RUN_CHUNKS, Tuning
 from . import app, context, leaving
 from .capture import Capture
 
 OPEN_WAIT = 0.2  # seconds a draining task waits at a time for an open call's next chunks
+T = TypeVar("T")
+FULL_WAIT = 10.0  # seconds a store that refuses writes (at its maxmemory) is waited out
 
 
 @functools.cache
@@ -117,12 +122,38 @@ def _run_one(
             record = Record(index, status, value, meta=meta)
             del value
         blob, parked = plane.place(keys, record)
+        if parked:  # kept apart before the record says so (the store may be full)
+            _park(keys, index, parked)
     except Exception as exc:
         failure = replace(failure_of(_timeout_error(exc, opts), worker), output=capture.tail())
         meta = _meta(worker, started, begun, got.tries, size)
         record = Record(index, Status.ERROR, failure, meta=meta)
-        blob, parked = codec.dumps(plane.secret, record), b""
-    return Report(index, blob, parked)
+        blob = codec.dumps(plane.secret, record)
+    return Report(index, blob)
+
+
+def _full_wait(what: str, step: Callable[[], T]) -> T:
+    """``step()``, again while the store refuses writes (at its maxmemory), for up to
+    ``FULL_WAIT`` s; then StoreFull naming ``what``."""
+    deadline, pause = time.monotonic() + FULL_WAIT, 0.05
+    while True:
+        try:
+            return step()
+        except StoreRefused as exc:
+            if time.monotonic() >= deadline:
+                raise StoreFull(
+                    f"the store refused {what} for {FULL_WAIT:.0f} s: it is at its maxmemory "
+                    f"({exc}); give it a bigger maxmemory, or pass a smaller chunk_size= or "
+                    "max_ahead="
+                ) from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+
+def _park(keys: CallKeys, index: int, value: bytes) -> None:
+    """Keep a result apart for the driver, waiting out a full store for a while."""
+    what = f"this chunk's result ({len(value) / 2**20:.1f} MiB)"
+    _full_wait(what, functools.partial(context.store.park, keys, index, value))
 
 
 def _send(task: Task, call: str, slot: str, opts: SlotOptions, spare: bool = False) -> None:
@@ -169,7 +200,8 @@ def run_chunks(self: Task, call: str, slot: str, opts: SlotOptions, spare: bool 
     while True:
         taken = len(ran)
         take = not (opts.one and taken) and time.monotonic() < stop and not leaving()
-        got = ctx.store.take(
+        step = functools.partial(
+            ctx.store.take,
             keys,
             slot,
             report,
@@ -179,6 +211,7 @@ def run_chunks(self: Task, call: str, slot: str, opts: SlotOptions, spare: bool 
             worker=ctx.owner(worker),
             watch=opts.watch,
         )
+        got = _full_wait("this chunk's record", step)
         if report is not None and plane.shared:  # its chunk's file (its result's, if unwanted)
             plane.drop(keys, [report.index], results=not got.accepted)
         report = None
