@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import UserString
 from collections.abc import Iterable, Sequence, Sized
 from types import ModuleType
 from typing import Literal, cast
@@ -13,7 +14,8 @@ from .errors import AlignmentWarning, warn_at_caller
 Kind = Literal["pandas", "numpy", "sequence", "groupby", "stream"]
 
 SUPPORTED = (
-    "pandas DataFrame, Series or Index, NumPy ndarray (at least 1-D), "
+    "pandas DataFrame, Series, Index or array (pd.array, Categorical), NumPy ndarray "
+    "(at least 1-D; masked, matrix), "
     "a sized sequence such as a list, tuple or range, "
     "or an iterator of chunks (a generator, pd.read_csv(..., chunksize=N))"
 )
@@ -54,6 +56,8 @@ def kind_of(data: object) -> Kind:
     pd, np = _pandas(), _numpy()
     if pd is not None and isinstance(data, pd.DataFrame | pd.Series | pd.Index):
         return "pandas"
+    if pd is not None and isinstance(data, pd.api.extensions.ExtensionArray):
+        return "pandas"  # IntegerArray, Categorical, ArrowStringArray, ...: cut by position
     if np is not None and isinstance(data, np.ndarray):
         if data.ndim == 0:
             raise TypeError(
@@ -70,6 +74,11 @@ def kind_of(data: object) -> Kind:
         )
     name = type(data).__name__
     if isinstance(data, Sequence):
+        if isinstance(data, UserString):
+            raise TypeError(
+                f"cmap got a {name}: strings are not split into characters; pass a list "
+                f"(e.g. str(text).splitlines()) instead. Supported data: {SUPPORTED}"
+            )
         try:
             data[0:0]
         except Exception:

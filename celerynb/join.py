@@ -11,8 +11,11 @@ Every chunk's result must be of one of these kinds (else ``TypeError``):
   the same type (``_concat_same_type``; a common dtype if theirs differ).
 - ndarrays (at least 1-D): concatenated on axis 0, keeping the dtype (byte
   order too) and the subclass (``recarray``, ``matrix``, ...) when every part
-  has them; masked arrays keep their mask and fill value.
+  has them; masked arrays keep their mask, fill value and hard mask.
 - lists, tuples: concatenated into one list, one tuple.
+- other mutable sequences (``UserList``, ``array.array``, ``deque``, ...) but
+  ``bytearray``: one of their type if every part is of that type (and one
+  ``array.array`` typecode), else a list with one entry per chunk.
 - ranges: one range if each continues the previous one, else a list of
   their items.
 
@@ -22,7 +25,8 @@ comes back as a list with one entry per chunk.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import MutableSequence, Sequence
 from itertools import chain, pairwise
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
@@ -37,7 +41,16 @@ if TYPE_CHECKING:
     Frame: TypeAlias = pd.DataFrame | pd.Series
 
 Category = Literal[
-    "DataFrame", "Series", "Index", "extension", "ndarray", "list", "tuple", "range", "other"
+    "DataFrame",
+    "Series",
+    "Index",
+    "extension",
+    "ndarray",
+    "list",
+    "tuple",
+    "range",
+    "sequence",
+    "other",
 ]
 
 
@@ -60,6 +73,8 @@ def _category(value: object) -> Category:
         return "tuple"
     if isinstance(value, range):
         return "range"
+    if isinstance(value, MutableSequence) and not isinstance(value, bytearray):
+        return "sequence"
     return "other"
 
 
@@ -103,6 +118,8 @@ def join(parts: Sequence[object], source: pd.Index | None = None) -> Any:
         return items if kind == "list" else tuple(items)
     if kind == "range":
         return _join_ranges(cast("list[range]", parts))
+    if kind == "sequence":
+        return _join_sequences(cast("list[MutableSequence[object]]", parts))
     return list(parts)
 
 
@@ -264,12 +281,29 @@ def _join_arrays(parts: list[np.ndarray]) -> np.ndarray:
             fill = _common([p.fill_value for p in masked])  # (a NumPy scalar)
             if isinstance(fill, np.generic):
                 joined.fill_value = fill
+            if all(p.hardmask for p in masked):
+                joined.harden_mask()
         return joined
     if same_dtype and all(type(p) is type(first) for p in parts):
         # into an array like the first part: its dtype as is (byte order too) and subclass
         out = np.empty_like(first, shape=(sum(len(p) for p in parts), *first.shape[1:]))
         return np.concatenate(parts, axis=0, out=out)
     return np.concatenate(parts, axis=0)
+
+
+def _join_sequences(
+    parts: list[MutableSequence[object]],
+) -> MutableSequence[object] | list[MutableSequence[object]]:
+    """One sequence of the parts' type (``UserList``, ``array.array``, ...), if they share
+    it (and a typecode); else the parts, as a list."""
+    first = parts[0]
+    typecode = getattr(first, "typecode", None)
+    if any(type(p) is not type(first) or getattr(p, "typecode", None) != typecode for p in parts):
+        return list(parts)
+    out = copy.copy(first)
+    for part in parts[1:]:
+        out.extend(part)
+    return out
 
 
 def _join_ranges(parts: list[range]) -> range | list[int]:

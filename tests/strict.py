@@ -1,10 +1,8 @@
 """Strict comparison with the serial result, and chunk-wise runs without a cluster.
 
 ``assert_exact`` compares type, dtype (byte order too), index type, names,
-freq, flags, attrs, masks and fill values. (NumPy pickles masked arrays
-without their hard mask and byte order, so no chunk keeps those on its way to
-a worker.) ``chunkwise`` runs a call the way
-the cluster does (the real plan, ``GroupApply`` and join; chunks and results
+freq, flags, attrs, masks, hard masks and fill values. ``chunkwise`` runs a
+call the way the cluster does (the real plan, ``GroupApply`` and join; chunks and results
 through the payload codec), but in this process.
 """
 
@@ -65,6 +63,7 @@ def assert_exact(out: Any, expected: Any, where: str = "result") -> None:
         np.testing.assert_array_equal(np.asarray(out), np.asarray(expected), strict=True)
         if isinstance(expected, np.ma.MaskedArray):
             np.testing.assert_array_equal(np.ma.getmaskarray(out), np.ma.getmaskarray(expected))
+            assert out.hardmask == expected.hardmask, f"{where}: hard mask differs"
             # in the array's dtype: NumPy may keep a default fill value in a wider one
             fills = [np.asarray(x.fill_value, dtype=expected.dtype) for x in (out, expected)]
             assert same_value(*fills), (

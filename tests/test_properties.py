@@ -16,9 +16,11 @@ embedded cluster.
 
 from __future__ import annotations
 
+import array
 import os
 import sys
 import warnings
+from collections import UserList
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -268,15 +270,18 @@ def test_indexes(df: pd.DataFrame, func: str, data: st.DataObject) -> None:
 
 ARRAY_DTYPES = [
     np.dtype("<i4"), np.dtype(">i4"), np.dtype(">f8"), np.dtype("f4"), np.dtype(bool),
-    np.dtype("<U3"), np.dtype("c8"), np.dtype("datetime64[s]"),
+    np.dtype("<U3"), np.dtype(">U3"), np.dtype("S3"), np.dtype("c8"), np.dtype(">c16"),
+    np.dtype("datetime64[s]"), np.dtype(">M8[s]"),
     np.dtype([("a", "<i4"), ("b", ">f8")]), np.dtype(object),
 ]  # fmt: skip
+if hasattr(np.dtypes, "StringDType"):  # NumPy 2
+    ARRAY_DTYPES.append(np.dtypes.StringDType())
 
 
 @st.composite
 def arrays(draw: st.DrawFn) -> np.ndarray:
-    """Any dtype and byte order, 1-3 dimensions; plain, masked (maybe a fill value) or a
-    record array."""
+    """Any dtype and byte order, 1-3 dimensions; plain, masked (maybe a fill value, maybe
+    a hard mask), a matrix or a record array."""
     dtype = draw(st.sampled_from(ARRAY_DTYPES))
     shape = (draw(st.integers(1, 12)), *draw(st.lists(st.integers(0, 3), max_size=2)))
     raw = np.arange(int(np.prod(shape)) * 8, dtype=np.uint8)[: int(np.prod(shape))]
@@ -288,22 +293,28 @@ def arrays(draw: st.DrawFn) -> np.ndarray:
         a.ravel()[:] = [("t", int(x)) if x % 2 else str(x) for x in raw]
     else:
         a = raw.reshape(shape).astype(dtype)
-    wrapper = draw(st.sampled_from(["plain", "masked", "record"]))
-    if wrapper == "masked" and dtype.kind != "O" and dtype.isnative:
+    wrapper = draw(st.sampled_from(["plain", "masked", "record", "matrix"]))
+    if wrapper == "masked" and dtype.kind not in "OT":
         mask = draw(st.lists(st.booleans(), min_size=a.size, max_size=a.size))
-        a = np.ma.masked_array(a, mask=np.reshape(mask, shape))
+        a = np.ma.masked_array(a, mask=np.reshape(mask, shape), hard_mask=draw(st.booleans()))
         if dtype.kind in "if" and draw(st.booleans()):
             a.fill_value = -7
     elif wrapper == "record" and dtype.names:
         a = a.view(np.recarray)
+    elif wrapper == "matrix" and a.ndim == 2 and dtype.kind in "biufc":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            a = np.asmatrix(a)
     return a
 
 
 ARRAY_FUNCS: dict[str, Callable[[np.ndarray], Any]] = {
     "identity": lambda a: a,
     "copy": lambda a: a.copy(),
-    "new_axis": lambda a: a[:, None],
+    "new_axis": lambda a: a[:, None] if not isinstance(a, np.matrix) else a,  # (not 3-D)
     "tuple": lambda a: tuple(a.tolist()),
+    "columns_reversed": lambda a: a.reshape(len(a), -1)[:, ::-1] if a.size else a,
+    "every_other_column": lambda a: a.reshape(len(a), -1)[:, ::2] if a.size else a,
 }
 
 
@@ -311,6 +322,40 @@ ARRAY_FUNCS: dict[str, Callable[[np.ndarray], Any]] = {
 @given(a=arrays(), func=st.sampled_from(list(ARRAY_FUNCS)), data=st.data())
 def test_arrays(a: np.ndarray, func: str, data: st.DataObject) -> None:
     serial_and_chunkwise(ARRAY_FUNCS[func], a, data.draw(chunkings(len(a))))
+
+
+# -- pandas arrays as the data -------------------------------------------------------------
+
+ARRAY_KINDS = [
+    "str", "string", "Int64", "Float64", "boolean", "category", "datetime_tz", "period",
+    "interval", "sparse", "datetime", "timedelta",
+]  # fmt: skip
+
+
+@st.composite
+def pandas_arrays(draw: st.DrawFn) -> Any:
+    """A pandas array of any kind (``pd.array`` of it: DatetimeArray for datetime64,
+    Categorical, ArrowStringArray, IntegerArray, ...)."""
+    kind = draw(st.sampled_from(ARRAY_KINDS))
+    values = draw(_values(kind, draw(st.integers(1, 14))))
+    return values if isinstance(values, pd.api.extensions.ExtensionArray) else pd.array(values)
+
+
+PANDAS_ARRAY_FUNCS: dict[str, Callable[[Any], Any]] = {
+    "identity": lambda a: a,
+    "copy": lambda a: a.copy(),
+    "missing_dropped": lambda a: a[~pd.isna(a)],
+    "times_two": lambda a: a * 2,
+    "isna": lambda a: a.isna(),
+    "list": lambda a: list(a),
+}
+
+
+@LOCAL
+@given(a=pandas_arrays(), func=st.sampled_from(list(PANDAS_ARRAY_FUNCS)), data=st.data())
+def test_pandas_arrays(a: Any, func: str, data: st.DataObject) -> None:
+    event(type(a).__name__)
+    serial_and_chunkwise(PANDAS_ARRAY_FUNCS[func], a, data.draw(chunkings(len(a))))
 
 
 SEQUENCES = st.one_of(
@@ -323,15 +368,32 @@ SEQUENCES = st.one_of(
         st.sampled_from([1, 3, -2]),
     ),
 )
+SEQUENCES = st.one_of(
+    SEQUENCES,
+    st.lists(st.one_of(st.integers(), WORDS), min_size=1, max_size=15).map(UserList),
+    st.builds(
+        array.array,
+        st.sampled_from("dq"),
+        st.lists(st.integers(-(2**40), 2**40), min_size=1, max_size=15),
+    ),
+)
+
+
+def _like(xs: Any, items: list[Any]) -> Any:
+    """``items`` in a sequence of ``xs``'s type (a list for a range)."""
+    if isinstance(xs, range):
+        return items
+    if isinstance(xs, array.array):
+        return array.array(xs.typecode, items)
+    return type(xs)(items)
+
+
 SEQUENCE_FUNCS: dict[str, Callable[[Any], Any]] = {
     "identity": lambda xs: xs,
     "list": lambda xs: [str(x) for x in xs],
     "tuple": lambda xs: tuple(xs),
-    "every_other_kept": lambda xs: (
-        type(xs)(x for x in xs if hash(x) % 2)
-        if not isinstance(xs, range)
-        else [x for x in xs if x % 2]
-    ),
+    "some_kept": lambda xs: _like(xs, [x for x in xs if len(repr(x)) % 2]),
+    "as_doubles": lambda xs: array.array("d", [float(len(repr(x)) % 7) for x in xs]),
 }
 
 
@@ -519,9 +581,30 @@ def test_groupby_on_the_cluster(
 
 
 @ON_CLUSTER
-@given(a=arrays(), data=st.data())
+@given(a=arrays(), func=st.sampled_from(["identity", "columns_reversed"]), data=st.data())
 def test_arrays_on_the_cluster(
-    cluster: celerynb.LocalCluster, a: np.ndarray, data: st.DataObject
+    cluster: celerynb.LocalCluster, a: np.ndarray, func: str, data: st.DataObject
 ) -> None:
+    f = ARRAY_FUNCS[func]
     chunks = data.draw(chunkings(len(a)))
-    assert_exact(cmap(lambda x: x, a, chunks=chunks, cluster=cluster, progress=False), a)
+    assert_exact(cmap(f, a, chunks=chunks, cluster=cluster, progress=False), f(a))
+
+
+@ON_CLUSTER
+@given(a=pandas_arrays(), func=st.sampled_from(["identity", "missing_dropped"]), data=st.data())
+def test_pandas_arrays_on_the_cluster(
+    cluster: celerynb.LocalCluster, a: Any, func: str, data: st.DataObject
+) -> None:
+    f = PANDAS_ARRAY_FUNCS[func]
+    chunks = data.draw(chunkings(len(a)))
+    assert_exact(cmap(f, a, chunks=chunks, cluster=cluster, progress=False), f(a))
+
+
+@ON_CLUSTER
+@given(xs=SEQUENCES, func=st.sampled_from(["identity", "some_kept"]), data=st.data())
+def test_sequences_on_the_cluster(
+    cluster: celerynb.LocalCluster, xs: Any, func: str, data: st.DataObject
+) -> None:
+    f = SEQUENCE_FUNCS[func]
+    chunks = data.draw(chunkings(len(xs)))
+    assert_exact(cmap(f, xs, chunks=chunks, cluster=cluster, progress=False), f(xs))

@@ -19,6 +19,7 @@ import functools
 import hashlib
 import hmac
 import importlib.metadata
+import io
 import json
 import pickle
 import secrets
@@ -97,9 +98,59 @@ _OWN = object()
 def dumps(secret: str, obj: object, value: object = _OWN) -> bytes:
     """Pickle ``obj`` (protocol 5) and sign it: with plain pickle, twice as fast, when
     ``obj`` is plain data (see :func:`plain`; ``value``: the value ``obj`` wraps, a
-    record's, to look at instead), with cloudpickle otherwise."""
+    record's, to look at instead), with cloudpickle otherwise. Arrays keep their byte
+    order (see :func:`reduce_as_is`)."""
     fast = plain(obj if value is _OWN else value)
-    return sign(secret, (pickle if fast else cloudpickle).dumps(obj, protocol=5))
+    with io.BytesIO() as file:
+        (_PlainPickler if fast else Pickler)(file, protocol=5).dump(obj)
+        return sign(secret, file.getvalue())
+
+
+def reduce_as_is(obj: object) -> tuple[Any, ...] | None:
+    """How to pickle ``obj`` when NumPy's own pickling would change it (None: as usual).
+
+    NumPy unpickles most arrays of a non-native byte order (strided ones, subclasses,
+    dates) in native order, and a masked array without its hard mask: such an array
+    goes as its native-order copy and the dtype (and hard mask) to restore.
+    """
+    np = sys.modules.get("numpy")
+    if np is None or not isinstance(obj, np.ndarray):
+        return None
+    dtype: Any = obj.dtype
+    swapped = dtype.byteorder not in "=|"  # (a structured dtype keeps its fields' order)
+    hard = isinstance(obj, np.ma.MaskedArray) and bool(obj.hardmask)
+    if not (swapped or hard):
+        return None
+    try:
+        native = obj.astype(dtype.newbyteorder("=")) if swapped else obj.view()
+    except Exception:  # (a subclass's own shape rules: a 3-D np.matrix) as NumPy pickles it
+        return None
+    if hard:
+        native.soften_mask()  # (of the copy or view only)
+    return _as_sent, (native, dtype, hard)
+
+
+def _as_sent(native: Any, dtype: Any, hard_mask: bool) -> Any:
+    """An array as :func:`reduce_as_is` found it: in ``dtype``, with its hard mask."""
+    out = native.astype(dtype, copy=False)
+    if hard_mask:
+        out.harden_mask()
+    return out
+
+
+class _PlainPickler(pickle.Pickler):
+    """Pickle, with arrays as they are (:func:`reduce_as_is`)."""
+
+    def reducer_override(self, obj: object) -> Any:
+        return NotImplemented if (reduced := reduce_as_is(obj)) is None else reduced
+
+
+class Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
+    """Cloudpickle, with arrays as they are (:func:`reduce_as_is`)."""
+
+    def reducer_override(self, obj: object) -> Any:
+        reduced = reduce_as_is(obj)
+        return super().reducer_override(obj) if reduced is None else reduced
 
 
 _PLAIN_KINDS = frozenset("biufcmM")  # NumPy dtype kinds that hold no Python objects

@@ -44,11 +44,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
-import cloudpickle
 import numpy as np
 
 from ..errors import SignatureError
-from .codec import sign, verify
+from .codec import Pickler, sign, verify
 
 DEFAULT_ROOT = Path("/dev/shm")
 ALIGN = 64  # offset alignment of out-of-band buffers in a file
@@ -308,11 +307,11 @@ def _reduce_array(arr: np.ndarray[Any, Any]) -> Any:
     return arr.__reduce_ex__(5)
 
 
-class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle is untyped
-    """Cloudpickle, with strided ndarrays made contiguous (exact type only)."""
+class _Pickler(Pickler):
+    """The payload codec's pickler, with strided ndarrays made contiguous (exact type only)."""
 
     dispatch_table: ClassVar[ChainMap[type, Any]] = ChainMap(
-        {np.ndarray: _reduce_array}, cloudpickle.Pickler.dispatch_table
+        {np.ndarray: _reduce_array}, Pickler.dispatch_table
     )
 
 
