@@ -40,6 +40,9 @@ _PUBLIC = {
     "attach": "durable",
     "calls": "durable",
     "forget": "durable",
+    "read_csv": "sources",
+    "read_json": "sources",
+    "read_parquet": "sources",
 }
 
 if TYPE_CHECKING:
@@ -60,6 +63,7 @@ if TYPE_CHECKING:
     )
     from .future import MapFuture
     from .options import CallOptions
+    from .sources import read_csv, read_json, read_parquet
 
 
 def __getattr__(name: str) -> object:
@@ -116,4 +120,7 @@ __all__ = [
     "default_cluster",
     "forget",
     "join",
+    "read_csv",
+    "read_json",
+    "read_parquet",
 ]

@@ -20,6 +20,7 @@ from .options import CallKwargs, CallOptions, signature
 from .plane import codec
 from .planning import RangePlan
 from .runner import CallRunner, launch
+from .sources.base import Source
 from .streams import Peeked
 from .windows import Overlap
 
@@ -99,7 +100,12 @@ def _shipped(
     func: Callable[..., Any], inputs: tuple[Any, ...], n_items: int, opts: CallOptions
 ) -> Callable[..., Any]:
     """What the workers call on a chunk (pickled once): ``func`` itself, or a wrapper that
-    runs it per group (a groupby) or drops the carried rows (``overlap=``)."""
+    runs it per group (a groupby), reads its part first (a source) or drops the carried
+    rows (``overlap=``)."""
+    if isinstance(inputs[0], Source):
+        if opts.overlap:
+            raise ValueError("overlap= is for data split by rows, not for files the workers read")
+        return inputs[0].wrap(func)
     if is_groupby(inputs[0]):
         if opts.overlap:
             raise ValueError(
