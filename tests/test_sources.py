@@ -220,8 +220,9 @@ def test_a_failing_part_names_its_file_and_bytes(
 
     with pytest.raises(celerynb.ChunkError) as caught:
         celerynb.cmap(fails, celerynb.read_csv(path, blocksize=1000), cluster=cluster)
-    assert "(in " in caught.value.remote_traceback
-    assert "a.csv bytes 0:1000" in caught.value.remote_traceback
+    error = caught.value
+    start, stop = error.chunk.start, error.chunk.stop  # (whichever part failed first)
+    assert f"(in {path} bytes {start}:{stop})" in error.remote_traceback
 
 
 # -- JSON lines -----------------------------------------------------------------------------------

@@ -84,10 +84,14 @@ def list_files(
     if not paths:
         raise ValueError("urlpath is an empty list: pass a path, a glob or a list of paths")
     fs, _, _ = fsspec.core.get_fs_token_paths(paths[0], storage_options=storage_options or {})
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    web = bool({"http", "https"} & set(protocols))  # no globs, no folders (only pages)
     found: list[str] = []
     for path in paths:
         stripped = fs._strip_protocol(path)
-        if any(c in path for c in "*?[") and not path.startswith(("http://", "https://")):
+        if web:
+            matches = [stripped]
+        elif any(c in path for c in "*?["):
             matches = sorted(fs.glob(stripped))
         elif fs.isdir(stripped):
             matches = sorted(
@@ -101,7 +105,6 @@ def list_files(
         if not matches:
             raise FileNotFoundError(f"no file matches {path!r}")
         found += matches
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     files = []
     for path in found:
         try:

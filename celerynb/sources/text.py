@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd", ".zip": "zip"}
-HEAD_BYTES = 256_000  # read from the start of the first file for the header and dtypes
+HEAD_ROWS = 1000  # read from the start of the first file for the dtypes
 SCAN_BYTES = 2**16  # read at a time while looking for a line's end
 Format = Literal["csv", "json"]
 # pandas options that count rows or lines of a whole file: they cannot apply per part
@@ -184,39 +184,27 @@ def _parts(files: list[File], blocksize: int | None, compression: object) -> lis
     return parts
 
 
-def _sample(part: TextPart, storage_options: dict[str, Any]) -> bytes:
-    """The first whole lines of ``part``'s file, about ``HEAD_BYTES``."""
-    fsspec = fsspec_module()
-    with fsspec.open(part.url, "rb", compression=part.compression, **storage_options) as f:
-        data = f.read(HEAD_BYTES)
-        while True:  # to the end of a line
-            more = f.read(SCAN_BYTES)
-            if not more:
-                return bytes(data)
-            end = more.find(b"\n")
-            if end >= 0:
-                return bytes(data + more[: end + 1])
-            data += more
-
-
 def _head(
     fmt: Format, parts: list[TextPart], options: dict[str, Any], so: dict[str, Any]
 ) -> tuple[bytes, pd.DataFrame]:
-    """The first file's first line, and the first rows of the first file that has any."""
-    first = b""
-    head = None
+    """The first file's first line, and the first rows (``HEAD_ROWS``) of the first file
+    that has any (pandas reads only as much of the file as they take)."""
+    fsspec, header = fsspec_module(), b""
+    head = pandas().DataFrame()
+    if fmt == "json" and not options.get("lines"):
+        return header, head  # JSON documents: nothing to read but the whole file
     for part in parts:
         if part.start:
             continue
-        sample = _sample(part, so)
-        if not first:
-            first = sample[: sample.find(b"\n") + 1] or sample + b"\n"
-        reader = TextReader(fmt, b"", options, pandas().DataFrame())
-        head = reader.parse(io.BytesIO(sample))
+        with fsspec.open(part.url, "rb", compression=part.compression, **so) as f:
+            if not header:
+                header = f.readline()
+                header += b"" if header.endswith(b"\n") else b"\n"
+        with fsspec.open(part.url, "rb", compression=part.compression, **so) as f:
+            head = TextReader(fmt, b"", dict(options, nrows=HEAD_ROWS), head).parse(f)
         if len(head):
             break
-    assert head is not None
-    return first, head
+    return header, head
 
 
 def _text_dtypes(head: pd.DataFrame, options: dict[str, Any]) -> dict[Hashable, Any]:
