@@ -10,6 +10,8 @@ processes) while it computes ``value`` sums and counts per ``key``:
 - celerynb: ``cmap(aggregate, read_csv(chunksize=), reduce=combine)`` on a
   ``LocalCluster`` (the driver reads and ships the chunks; the workers aggregate
   and reduce as they go);
+- celerynb read_csv: ``cmap(aggregate, celerynb.read_csv(path, blocksize=), reduce=combine)``
+  (the workers read their own byte ranges of the file; the driver sees descriptors only);
 - dask.dataframe: ``read_csv(blocksize=)`` + ``map_partitions(aggregate)``, combined,
   on a ``distributed.LocalCluster`` of as many worker processes.
 """
@@ -35,14 +37,17 @@ ROOT = Path(__file__).resolve().parent.parent
 CANDIDATES = {
     "serial": "serial pandas chunked loop",
     "cmap": "celerynb cmap (iterator, reduce=)",
+    "read_csv": "celerynb read_csv (workers read, reduce=)",
     "dask": "dask.dataframe read_csv + map_partitions",
 }
 CHUNK_ROWS = 1_000_000
+BLOCKSIZE = "64MB"  # celerynb.read_csv's and dask's parts
 
 CHILD = r"""
 import json, sys, threading, time
 import pandas as pd, psutil
 name, path, workers, rows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+blocksize = sys.argv[5]
 peak, stop = [0], threading.Event()
 me = psutil.Process()
 def watch():
@@ -56,7 +61,7 @@ def aggregate(chunk):
 def combine(parts):
     return pd.concat(parts).groupby(level=0).sum()
 
-if name == "cmap":
+if name in ("cmap", "read_csv"):
     import celerynb
     cluster = celerynb.LocalCluster(workers)
     celerynb.cmap(len, [1], cluster=cluster, progress=False)
@@ -76,8 +81,11 @@ if name == "serial":
 elif name == "cmap":
     with pd.read_csv(path, chunksize=rows) as reader:
         total = celerynb.cmap(aggregate, reader, reduce=combine, cluster=cluster, progress=False)
+elif name == "read_csv":
+    source = celerynb.read_csv(path, blocksize=blocksize)
+    total = celerynb.cmap(aggregate, source, reduce=combine, cluster=cluster, progress=False)
 else:
-    df = dd.read_csv(path, blocksize="64MB")
+    df = dd.read_csv(path, blocksize=blocksize)
     meta = pd.DataFrame({"sum": pd.Series(dtype="float64"), "count": pd.Series(dtype="int64")})
     total = combine([df.map_partitions(aggregate, meta=meta).compute()])
 seconds = time.perf_counter() - started
@@ -115,7 +123,7 @@ def run_one(name: str, path: Path, workers: int, rows: int, timeout: float) -> d
         os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     )
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, name, str(path), str(workers), str(rows)],
+        [sys.executable, "-c", CHILD, name, str(path), str(workers), str(rows), BLOCKSIZE],
         env=env, cwd=path.parent, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -190,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--unit-mb", type=int, default=1024)
+    parser.add_argument("--sizes", default="1,4", help="multiples of --unit-mb, e.g. 1,4")
     args = parser.parse_args(argv)
-    print(table(run(args.quick, args.workers, unit_mb=args.unit_mb)))
+    sizes = tuple(int(s) for s in args.sizes.split(","))
+    print(table(run(args.quick, args.workers, sizes, unit_mb=args.unit_mb)))
     return 0
 
 

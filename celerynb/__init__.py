@@ -41,6 +41,9 @@ _PUBLIC = {
     "attach": "durable",
     "calls": "durable",
     "forget": "durable",
+    "read_csv": "sources",
+    "read_json": "sources",
+    "read_parquet": "sources",
 }
 
 if TYPE_CHECKING:
@@ -62,6 +65,7 @@ if TYPE_CHECKING:
     )
     from .future import MapFuture
     from .options import CallOptions
+    from .sources import read_csv, read_json, read_parquet
 
 
 def __getattr__(name: str) -> object:
@@ -119,4 +123,7 @@ __all__ = [
     "default_cluster",
     "forget",
     "join",
+    "read_csv",
+    "read_json",
+    "read_parquet",
 ]

@@ -21,6 +21,7 @@ from .plane import codec
 from .planning import RangePlan
 from .runner import CallRunner, launch
 from .sinks import WriteTo
+from .sources.base import Source
 from .streams import Peeked
 from .windows import Overlap
 
@@ -102,8 +103,9 @@ def _shipped(
     func: Callable[..., Any], inputs: tuple[Any, ...], n_items: int, opts: CallOptions
 ) -> Callable[..., Any]:
     """What the workers call on a chunk (pickled once): ``func`` itself, or a wrapper that
-    runs it per group (a groupby) or drops the carried rows (``overlap=``); with ``to=``,
-    that wrapped in one that writes the result to the chunk's file (outermost)."""
+    runs it per group (a groupby), reads its part first (a source) or drops the carried
+    rows (``overlap=``); with ``to=``, that wrapped in one that writes the result to the
+    chunk's file (outermost)."""
     target = opts.target()
     if target is None:
         return _unwritten(func, inputs, n_items, opts)
@@ -118,6 +120,10 @@ def _shipped(
 def _unwritten(
     func: Callable[..., Any], inputs: tuple[Any, ...], n_items: int, opts: CallOptions
 ) -> Callable[..., Any]:
+    if isinstance(inputs[0], Source):
+        if opts.overlap:
+            raise ValueError("overlap= is for data split by rows, not for files the workers read")
+        return inputs[0].wrap(func)
     if is_groupby(inputs[0]):
         if opts.overlap:
             raise ValueError(

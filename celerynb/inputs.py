@@ -11,13 +11,14 @@ from typing import Literal, cast
 
 from .errors import AlignmentWarning, warn_at_caller
 
-Kind = Literal["pandas", "numpy", "sequence", "groupby", "stream"]
+Kind = Literal["pandas", "numpy", "sequence", "groupby", "stream", "source"]
 
 SUPPORTED = (
     "pandas DataFrame, Series, Index or array (pd.array, Categorical), NumPy ndarray "
     "(at least 1-D; masked, matrix), "
     "a sized sequence such as a list, tuple or range, "
-    "or an iterator of chunks (a generator, pd.read_csv(..., chunksize=N))"
+    "an iterator of chunks (a generator, pd.read_csv(..., chunksize=N)), "
+    "or files the workers read (celerynb.read_csv / read_json / read_parquet)"
 )
 
 
@@ -51,8 +52,15 @@ def is_groupby(data: object) -> bool:
     )
 
 
+def is_source(data: object) -> bool:
+    """Whether ``data`` is a source the workers read (``celerynb.read_csv`` and the like)."""
+    base = sys.modules.get(f"{__package__}.sources.base")  # not loaded: no source made
+    return base is not None and isinstance(data, base.Source)
+
+
 def kind_of(data: object) -> Kind:
-    """'pandas', 'numpy' or 'sequence'; TypeError naming the fix otherwise."""
+    """'pandas', 'numpy', 'sequence', 'groupby', 'stream' or 'source'; TypeError naming
+    the fix otherwise."""
     pd, np = _pandas(), _numpy()
     if pd is not None and isinstance(data, pd.DataFrame | pd.Series | pd.Index):
         return "pandas"
@@ -67,6 +75,8 @@ def kind_of(data: object) -> Kind:
         return "numpy"
     if is_groupby(data):
         return "groupby"
+    if is_source(data):
+        return "source"
     if isinstance(data, str | bytes | bytearray | memoryview):
         raise TypeError(
             f"cmap got {type(data).__name__}: strings are not split into characters; "
@@ -136,6 +146,11 @@ def check_inputs(inputs: tuple[object, ...]) -> int:
     kinds = [kind_of(data) for data in inputs]
     if "groupby" in kinds and len(inputs) > 1:
         raise TypeError("a groupby cannot be combined with other inputs: pass it alone")
+    if "source" in kinds and len(inputs) > 1:
+        raise TypeError(
+            "files the workers read (read_csv, read_json, read_parquet) are passed alone: "
+            "join other data to the frame inside func"
+        )
     if "stream" in kinds:
         if set(kinds) != {"stream"}:
             raise TypeError(

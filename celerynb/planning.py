@@ -32,6 +32,7 @@ from .errors import ChunkInfo
 from .groupby import GroupPlan
 from .inputs import _pandas, blocks_of, check_inputs, kind_of, rows
 from .join import join
+from .sources.base import Source
 from .windows import Carried
 
 if TYPE_CHECKING:
@@ -289,6 +290,14 @@ def make_plan(
             )
         size_each = None if chunk_size is None else _positive_int("chunk_size", chunk_size)
         return StreamPlan(inputs, size_each), None
+    if isinstance(inputs[0], Source):
+        if chunks is not None or chunk_size is not None:
+            raise ValueError(
+                "files the workers read are cut into parts by their blocksize=: pass "
+                "blocksize= to read_csv / read_json / read_parquet instead of chunks= or "
+                "chunk_size="
+            )
+        return inputs[0].plan(), None
     if kind_of(inputs[0]) == "groupby":
         n_groups = n_chunks_for(
             n_items, workers, size, chunks, chunk_size, max_chunk_bytes=max_chunk_bytes
