@@ -11,9 +11,10 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from jupyter_client.manager import KernelManager
@@ -155,3 +156,18 @@ class Kernel:
         self._thread.join(5)
         self.kc.stop_channels()
         self.km.shutdown_kernel(now=True)
+
+
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T], timeout: float = 30.0, every: float = 0.02) -> T:
+    """``check()``'s first truthy value within ``timeout`` s (its last value if none: the
+    caller's assertion then says what was missing). For what a call does on a thread of
+    its own after ``cmap_async`` returns (its chunks are stored as the workers take them)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)

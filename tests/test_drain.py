@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from support import eventually
 
 import celerynb
 from celerynb import plane as store
@@ -113,9 +114,13 @@ def test_frames_travel_through_shared_memory(
         progress=False,
     )  # fmt: skip
     try:
-        files = sorted(os.listdir(cluster.shm.directory))
         keys = CallKeys(future.id)
         wanted = sorted(keys.chunk_file(i) for i in range(8))
+
+        def stored() -> list[str]:  # chunks are stored on the call's feeder thread
+            return sorted(f for f in os.listdir(cluster.shm.directory) if f.startswith(future.id))
+
+        files = eventually(lambda: stored() == wanted and stored())
         assert [f for f in files if f.startswith(future.id)] == wanted, files
         marks = [cluster.redis.get(keys.chunk(i)) for i in range(8)]
         assert marks == [store.SHM_MARKER] * 8, marks  # the keys only mark the chunks live

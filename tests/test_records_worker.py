@@ -112,7 +112,7 @@ ready_lines = st.one_of(
         ReadyLine,
         st.just(ReadyKind.WORKER),
         words,
-        queue=st.text(st.characters(blacklist_characters="'\n\r")),
+        queue=st.text(st.characters(blacklist_characters="'\n\r", blacklist_categories=("Cs",))),
         broker=words,
         store=words,
     ),

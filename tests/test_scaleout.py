@@ -31,7 +31,7 @@ import pandas as pd
 import pytest
 import redis
 from kombu.connection import Connection
-from support import forget_queue
+from support import eventually, forget_queue
 
 import celerynb
 from celerynb.errors import ChunkError, ClusterError
@@ -483,8 +483,15 @@ def test_big_chunk_travels_in_the_store_not_in_the_message(tmp_path: Path, broke
         for data in (np.zeros(1), np.zeros((50 * 2**20) // 8)):
             future = celerynb.cmap_async(np.sum, data, chunks=1, cluster=client, progress=False)
             try:
+                key = CallKeys(future.id).chunk(0)
+
+                # the chunk is stored (on the call's feeder thread), then its tasks are sent
+                def sent(key: str = key) -> bool:
+                    return bool(client.redis.exists(key)) and len(_queued_bodies(d.settings)) >= 2
+
+                eventually(sent)
                 sizes.append(_queued_bodies(d.settings))  # a draining task and a spare
-                stored.append(client.redis.strlen(CallKeys(future.id).chunk(0)))
+                stored.append(client.redis.strlen(key))
             finally:
                 future.cancel()
             gone = not client.redis.exists(CallKeys(future.id).chunk(0))
