@@ -40,6 +40,8 @@ _PUBLIC = {
     "attach": "durable",
     "calls": "durable",
     "forget": "durable",
+    "Executor": "executor",
+    "register_joblib": "joblib_backend",
 }
 
 if TYPE_CHECKING:
@@ -58,7 +60,9 @@ if TYPE_CHECKING:
         SignatureError,
         VersionMismatch,
     )
+    from .executor import Executor
     from .future import MapFuture
+    from .joblib_backend import register_joblib
     from .options import CallOptions
 
 
@@ -99,6 +103,7 @@ __all__ = [
     "ChunkInfo",
     "Cluster",
     "ClusterError",
+    "Executor",
     "LocalCluster",
     "MapFuture",
     "PayloadTooLarge",
@@ -116,4 +121,5 @@ __all__ = [
     "default_cluster",
     "forget",
     "join",
+    "register_joblib",
 ]
