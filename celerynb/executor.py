@@ -46,8 +46,10 @@ class ExecutorFuture(concurrent.futures.Future[Any]):
         call.add_done_callback(lambda _: settler.put(self._settle))
 
     def _settle(self) -> None:
+        if self.call.cancelled():  # however it was (shutdown, the cluster closed): cancelled
+            super().cancel()
         if not self.set_running_or_notify_cancel():
-            return  # cancelled here first
+            return
         try:
             value = self.call.result()[0]
         except BaseException as exc:
@@ -126,19 +128,31 @@ class Executor(concurrent.futures.Executor):
         self._shutdown = False
         self._settler = Settler()
 
-    def _start(self, shipped: Apply, data: Any, **extra: Any) -> MapFuture:
+    def _start(
+        self,
+        shipped: Apply,
+        data: Any,
+        *,
+        wrap: Callable[[MapFuture], Any] | None = None,
+        max_ahead: int | None = None,
+    ) -> Any:
+        """Start a call of ``shipped`` over ``data``; its future (``wrap``ped), followed
+        until it ends."""
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            options: dict[str, Any] = {**self.options, **extra}
+            options: dict[str, Any] = dict(self.options)
+            if max_ahead is not None:
+                options["max_ahead"] = max_ahead
             call = cmap_async(shipped, data, cluster=self.cluster, **options)
-            self._pending.add(call)
-        call.add_done_callback(self._ended)
-        return call
+            future = wrap(call) if wrap is not None else call
+            self._pending.add(future)
+        future.add_done_callback(self._ended)
+        return future
 
-    def _ended(self, call: concurrent.futures.Future[Any]) -> None:
+    def _ended(self, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
-            self._pending.discard(call)
+            self._pending.discard(future)
 
     def submit(
         self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
@@ -147,7 +161,10 @@ class Executor(concurrent.futures.Executor):
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
         item: Item = (args, kwargs)
-        return ExecutorFuture(self._start(Apply(fn), [item]), self._settler)
+        future: concurrent.futures.Future[T] = self._start(
+            Apply(fn), [item], wrap=lambda call: ExecutorFuture(call, self._settler)
+        )
+        return future
 
     def map(
         self,
@@ -175,8 +192,9 @@ class Executor(concurrent.futures.Executor):
         first = next(chunks, None)
         if first is None:
             return iter(())
-        extra = {"max_ahead": buffersize} if buffersize is not None else {}
-        call = self._start(Apply(fn, each=True), itertools.chain([first], chunks), **extra)
+        call: MapFuture = self._start(
+            Apply(fn, each=True), itertools.chain([first], chunks), max_ahead=buffersize
+        )
         return _results(call, fn, chunksize, deadline)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -186,8 +204,8 @@ class Executor(concurrent.futures.Executor):
             self._shutdown = True
             pending = list(self._pending)
         if cancel_futures:
-            for call in pending:
-                call.cancel()
+            for future in pending:
+                future.cancel()
         if wait:
             concurrent.futures.wait(pending)
 
