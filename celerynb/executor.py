@@ -141,13 +141,15 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            options: dict[str, Any] = dict(self.options)
-            if max_ahead is not None:
-                options["max_ahead"] = max_ahead
-            call = cmap_async(shipped, data, cluster=self.cluster, **options)
-            future = wrap(call) if wrap is not None else call
+        options: dict[str, Any] = dict(self.options)
+        if max_ahead is not None:
+            options["max_ahead"] = max_ahead
+        # not under the lock: the supervisor's thread takes it when a call ends (_ended)
+        call = cmap_async(shipped, data, cluster=self.cluster, **options)
+        future = wrap(call) if wrap is not None else call
+        with self._lock:
             self._pending.add(future)
-        future.add_done_callback(self._ended)
+        future.add_done_callback(self._ended)  # at once if it has ended already
         return future
 
     def _ended(self, future: concurrent.futures.Future[Any]) -> None:
