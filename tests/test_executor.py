@@ -8,6 +8,7 @@ import asyncio
 import concurrent.futures as cf
 import itertools
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,9 +130,11 @@ def test_cancel_a_queued_future(executor: cf.Executor, gate: Path) -> None:
 def test_shutdown_cancel_futures_cancels_what_waits(executor: cf.Executor, gate: Path) -> None:
     busy = [executor.submit(gated, str(gate), i) for i in range(2)]
     queued = [executor.submit(square, i) for i in range(10)]
-    executor.shutdown(wait=False, cancel_futures=True)
-    gate.touch()
-    cf.wait([*busy, *queued], timeout=60)
+    release = threading.Timer(0.5, gate.touch)  # the running ones end while it waits
+    release.start()
+    executor.shutdown(wait=True, cancel_futures=True)
+    release.join()
+    assert all(f.done() for f in [*busy, *queued])
     assert all(f.cancelled() for f in queued[-5:])
     for i, f in enumerate(busy):  # celerynb stops running work too
         assert f.cancelled() or f.result() == i
