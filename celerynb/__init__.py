@@ -44,6 +44,8 @@ _PUBLIC = {
     "read_csv": "sources",
     "read_json": "sources",
     "read_parquet": "sources",
+    "Executor": "executor",
+    "register_joblib": "joblib_backend",
 }
 
 if TYPE_CHECKING:
@@ -63,7 +65,9 @@ if TYPE_CHECKING:
         StoreFull,
         VersionMismatch,
     )
+    from .executor import Executor
     from .future import MapFuture
+    from .joblib_backend import register_joblib
     from .options import CallOptions
     from .sources import read_csv, read_json, read_parquet
 
@@ -105,6 +109,7 @@ __all__ = [
     "ChunkInfo",
     "Cluster",
     "ClusterError",
+    "Executor",
     "LocalCluster",
     "MapFuture",
     "PayloadTooLarge",
@@ -126,4 +131,5 @@ __all__ = [
     "read_csv",
     "read_json",
     "read_parquet",
+    "register_joblib",
 ]

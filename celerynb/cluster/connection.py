@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import html
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Unpack
 
 import redis
 from celery import Celery
+
+import celerynb  # its public names: the Executor, a front end over this cluster's calls
 
 from .. import plane
 from ..errors import ClusterError
@@ -22,6 +24,8 @@ from . import registry
 from .supervisor import Supervisor
 
 if TYPE_CHECKING:
+    from ..executor import Executor
+    from ..options import CallKwargs
     from ..plane.shm import ShmStore
 
 
@@ -123,6 +127,11 @@ class Cluster:
                 f"`celerynb worker --broker URL` and the same CELERYNB_SECRET"
             )
         return total
+
+    def executor(self, **options: Unpack[CallKwargs]) -> Executor:
+        """A ``concurrent.futures.Executor`` whose work runs on this cluster (see
+        :class:`celerynb.Executor` for ``options``); shutting it down leaves the cluster be."""
+        return celerynb.Executor(self, **options)
 
     def ensure_worker(self) -> bool:
         """Replace a dead worker (embedded clusters only); True if one was replaced."""
