@@ -46,6 +46,8 @@ __all__ = [
 
 FULL_WAIT = 20.0  # seconds a store that refuses writes (maxmemory) is waited out
 ROOM_WAIT = 0.2  # seconds the feeder waits at a time for room in the window
+SMALL_CALL_CHUNKS = 64  # a sized call of at most this many chunks and SMALL_CALL_BYTES
+SMALL_CALL_BYTES = 2**20  # is stored on the caller's thread (one round trip, no thread)
 
 
 _END = object()
@@ -142,8 +144,10 @@ class Feed:
         self.todo: deque[int] = deque(() if self.streaming else range(len(plan)))
         self.expecting = not self.streaming and not self.call.planned  # adaptive chunking
         self.outstanding: dict[int, int] = {}  # chunks stored, no record yet -> bytes
+        self.outstanding_bytes = 0  # their sum
         self.draining = False  # the first draining tasks were sent
         self._lock = threading.Lock()
+        self.preface: tuple[CallMeta, bytes] | None = None  # stored with the first chunks
         self.feeder = Feeder(self)
 
     def __repr__(self) -> str:
@@ -155,18 +159,38 @@ class Feed:
         return self.call.plan
 
     def begin(self, job: bytes, meta: CallMeta) -> None:
-        """Store the job and the call's description, open the call (chunks come), start
-        storing chunks."""
+        """Store the job and the call's description with the first chunks (one round trip),
+        and have the feeder store the rest. A sized input stores what fits the window at
+        once, on the caller's thread; the feeder's thread starts only if more may come."""
         if self.streaming:
             self.call.streaming = self.call.release = True
-        batch = self.host.batch()
-        batch.describe(meta)
-        batch.job(job)
-        try:
-            self.host.flush(batch, [], last=False)
-        except StoreRefused as exc:
-            raise self.host.full(len(job), "the call's function", exc) from None
-        self.feeder.start()
+        self.preface = (meta, job)
+        small = len(self.plan) <= SMALL_CALL_CHUNKS and self.size <= SMALL_CALL_BYTES
+        if small and not self.streaming:  # stored now: no thread, no hop
+            try:
+                self.feeder._fill()
+            except Exception as exc:
+                self.call.fail(exc)
+                raise
+        if self.preface is not None:  # nothing stored yet: the description alone
+            batch = self.host.batch()
+            self.add_preface(batch)
+            try:
+                self.host.flush(batch, [], last=False)
+            except StoreRefused as exc:
+                raise self.host.full(len(job), "the call's function", exc) from None
+            self.preface = None
+        with self._lock:
+            more = self.streaming or bool(self.todo) or self.expecting
+        if more:
+            self.feeder.start()
+
+    def add_preface(self, batch: CallBatch) -> None:
+        """The call's description and job, into the first batch."""
+        if self.preface is not None:
+            meta, job = self.preface
+            batch.describe(meta)
+            batch.job(job)
 
     # -- what the runner tells it (the supervisor's thread) ----------------------------------------
     def extend(self, indices: range) -> None:
@@ -180,7 +204,7 @@ class Feed:
         """Records came for chunks ``indices``: their bytes left the store."""
         with self._lock:
             for i in indices:
-                self.outstanding.pop(i, None)
+                self.outstanding_bytes -= self.outstanding.pop(i, 0)
         self.feeder.room.set()
 
     @property
@@ -193,7 +217,7 @@ class Feed:
     def in_store(self) -> tuple[int, int]:
         """(chunks, bytes) stored that have no record yet."""
         with self._lock:
-            return len(self.outstanding), sum(self.outstanding.values())
+            return len(self.outstanding), self.outstanding_bytes
 
     # -- an iterator's reduce= --------------------------------------------------------------------
     def takes(self, record: Record) -> bool:
@@ -319,6 +343,7 @@ class Feeder(threading.Thread):
             items.append((index, chunk, size))
             with feed._lock:  # counted in the window from now on
                 feed.outstanding[index] = size
+                feed.outstanding_bytes += size
             buffered, stored = buffered + size, stored + 1
             if buffered > limit or len(items) == first:
                 self._store(items)
@@ -335,6 +360,7 @@ class Feeder(threading.Thread):
         deadline = time.monotonic() + FULL_WAIT
         while True:
             batch = host.batch()
+            feed.add_preface(batch)
             sizes = {}
             for index, chunk, size in items:
                 what = feed.plan.info(index).describe()
@@ -343,6 +369,7 @@ class Feeder(threading.Thread):
                 last = not feed.streaming and not feed.todo and not feed.expecting
             try:
                 host.flush(batch, queued, last=last)
+                feed.preface = None
                 break
             except StoreRefused as exc:
                 if call.state.ended:
@@ -355,6 +382,7 @@ class Feeder(threading.Thread):
         with feed._lock:
             for index in queued:
                 if index in feed.outstanding:
+                    feed.outstanding_bytes += sizes[index] - feed.outstanding[index]
                     feed.outstanding[index] = sizes[index]
         if call.state.ended:  # cancelled while storing: those chunks go too
             host.drop_stored()
