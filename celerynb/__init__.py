@@ -26,6 +26,7 @@ _PUBLIC = {
     "default_cluster": "cluster",
     "AlignmentWarning": "errors",
     "ReductionWarning": "errors",
+    "CallTimeout": "errors",
     "CancelledError": "errors",
     "CelerynbError": "errors",
     "ChunkError": "errors",
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from .durable import CallInfo, attach, calls, forget
     from .errors import (
         AlignmentWarning,
+        CallTimeout,
         CancelledError,
         CelerynbError,
         ChunkError,
@@ -95,6 +97,7 @@ __all__ = [
     "AlignmentWarning",
     "CallInfo",
     "CallOptions",
+    "CallTimeout",
     "CancelledError",
     "CelerynbError",
     "ChunkError",
