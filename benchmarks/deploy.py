@@ -58,11 +58,15 @@ class Worker:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def signal(self, sig: signal.Signals) -> None:
-        """``sig`` to the whole process group (the main process and its pool)."""
+    def signal(self, sig: signal.Signals, group: bool = True) -> None:
+        """``sig`` to the whole process group (the main process and its pool), or with
+        ``group=False`` to the main process only (a warm shutdown: its pool finishes)."""
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
+                if group:
+                    os.killpg(self.proc.pid, sig)
+                else:
+                    os.kill(self.proc.pid, sig)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None:

@@ -7,7 +7,8 @@ Three ``celerynb worker --concurrency 1`` on the machine's Redis or RabbitMQ (Re
 store), a fresh queue. First a fault-free phase (the baseline call times), then the
 chaos phase: a driver runs calls (sized, iterator, groupby, ``reduce=``, named) while a
 chaos thread SIGKILLs a worker's process group and starts it again under the same
-``--hostname``, SIGTERMs one (warm shutdown) and starts it again, or cancels the
+``--hostname``, SIGTERMs one's main process (a warm shutdown) and starts it again once
+it has exited, or cancels the
 running call. func counts each chunk's runs (INCR on this run's own key): a chunk runs
 more than once only if a worker died while it ran. Every call must end with the serial
 result or a CelerynbError. At the end nothing of the run may be left: no call key, no
@@ -143,7 +144,7 @@ class Chaos(threading.Thread):
                 self.restart(w)
             elif action == "term" and alive:
                 w = rng.choice(alive)
-                w.signal(signal.SIGTERM)
+                w.signal(signal.SIGTERM, group=False)  # warm shutdown: its chunks finish
                 self.restart(w)
             else:
                 continue
