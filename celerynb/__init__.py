@@ -26,6 +26,7 @@ _PUBLIC = {
     "default_cluster": "cluster",
     "AlignmentWarning": "errors",
     "ReductionWarning": "errors",
+    "CallTimeout": "errors",
     "CancelledError": "errors",
     "CelerynbError": "errors",
     "ChunkError": "errors",
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from .durable import CallInfo, attach, calls, forget
     from .errors import (
         AlignmentWarning,
+        CallTimeout,
         CancelledError,
         CelerynbError,
         ChunkError,
@@ -103,6 +105,7 @@ __all__ = [
     "AlignmentWarning",
     "CallInfo",
     "CallOptions",
+    "CallTimeout",
     "CancelledError",
     "CelerynbError",
     "ChunkError",

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from .errors import CancelledError, ChunkError
+from .errors import CallTimeout, CancelledError, ChunkError
 from .plane.keys import REDUCED
 from .plane.records import Record, RunMeta, Status
 from .planning import AdaptivePlanner, ChunkPlan, RangePlan
@@ -243,7 +243,7 @@ class Call:
         if self.timeout is None or now < self.started + self.timeout or self.state.ended:
             return False
         return self.fail(
-            TimeoutError(
+            CallTimeout(
                 f"cmap did not finish within timeout={self.timeout} s ({self.progress_text()}); "
                 "the call was cancelled"
             ),
@@ -305,7 +305,7 @@ class Call:
             return self._value
 
     def stream(self, ordered: bool, timeout: float | None) -> Iterator[tuple[int, Any]]:
-        """``(chunk, result)`` as chunks arrive (``ordered``: in chunk order); TimeoutError
+        """``(chunk, result)`` as chunks arrive (``ordered``: in chunk order); CallTimeout
         when no chunk arrives for ``timeout`` s (None: wait as long as it takes)."""
         yielded = 0
         while yielded < self.n_chunks or not self.planned:
@@ -322,7 +322,7 @@ class Call:
                 if not ready and yielded >= self.n_chunks and self.planned:
                     return  # an iterator input was exhausted after its last chunk came
                 if not ready:
-                    raise TimeoutError(f"no chunk finished within {timeout} s")
+                    raise CallTimeout(f"no chunk finished within {timeout} s; the call runs on")
                 batch = [(i, self._parts.values[i]) for i in ready]
                 if self.release and ready:  # an iterator's results are not kept once streamed
                     self._released = True

@@ -6,6 +6,8 @@ If a new Celery release moves one of these, this module is the one to change.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +71,37 @@ def batched(producer: Any) -> Iterator[None]:
         return
     with batch(max_size=1000):
         yield
+
+
+SOFT_STOP = "SIGUSR1"  # billiard's soft time limit signal: SoftTimeLimitExceeded in the task
+
+
+def running_job(pool: Any, task_id: str) -> tuple[Any, int] | None:
+    """The billiard job running ``task_id`` in Celery's TaskPool ``pool``, and the pid
+    of the pool process that runs it (None: it runs nowhere now)."""
+    for job in list(getattr(getattr(pool, "_pool", None), "_cache", {}).values()):
+        if getattr(job, "correlation_id", None) == task_id:
+            pid = getattr(job, "_worker_pid", None)
+            return (job, pid) if isinstance(pid, int) else None
+    return None
+
+
+def forget_soft_stop(pool: Any, pid: int) -> None:
+    """After a revoke with ``SOFT_STOP``, billiard still marks the signalled pool process
+    as terminated by us (``_job_terminated``), though it lives on: were it to die later
+    running another task, that task would be taken for revoked and acked, not
+    redelivered. Clear the marks of pool process ``pid``."""
+    for proc in list(getattr(getattr(pool, "_pool", None), "_pool", None) or []):
+        if getattr(proc, "pid", None) == pid:
+            proc._job_terminated = False
+            proc._controlled_termination = False
+
+
+def kill_if_running(job: Any, pid: int) -> None:
+    """SIGKILL pool process ``pid`` if it still runs billiard ``job``."""
+    if not job.ready() and getattr(job, "_worker_pid", None) == pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def terminating() -> bool:

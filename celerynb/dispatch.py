@@ -12,6 +12,8 @@ from .options import SlotOptions
 from .plane.keys import REDUCED, CallKeys
 from .settings import REDUCE, RUN_CHUNKS
 
+CANCEL_GRACE_S = 5.0  # seconds a revoked task has to stop before its pool process is killed
+
 
 def limits(opts: SlotOptions) -> dict[str, float]:
     """Celery's per-message time limits for ``chunk_timeout`` (soft, then hard 10 s later)."""
@@ -65,12 +67,19 @@ def publish_reduce(
 
 
 def revoke(app: Celery, task_ids: list[str]) -> list[str]:
-    """Terminate the running tasks ``task_ids`` (SIGTERM to their pool processes).
+    """Stop the running tasks ``task_ids`` without killing their pool processes.
 
-    Returns the backend keys Celery writes for revoked tasks, to delete later.
+    Their pool processes get billiard's soft-timeout signal (``SOFT_STOP``): func is
+    interrupted by ``SoftTimeLimitExceeded``, the draining task sees its chunk is no
+    longer wanted and returns, so its message is acked and the process takes the next
+    one at once (a killed process would be replaced first, and its message would hold
+    a prefetch slot until Celery counted it lost). A process still running the task
+    ``CANCEL_GRACE_S`` later (func caught the exception, or runs in native code) is
+    killed by its worker (``worker._soft_stopped``). Returns the backend keys Celery
+    writes for revoked tasks, to delete later.
     """
     if not task_ids:
         return []
     with contextlib.suppress(Exception):  # the broker may be gone; the keys expire anyway
-        app.control.revoke(task_ids, terminate=True, signal="SIGTERM")
+        app.control.revoke(task_ids, terminate=True, signal=celery_compat.SOFT_STOP)
     return celery_compat.task_meta_keys(task_ids)

@@ -31,6 +31,12 @@ class CancelledError(CelerynbError, concurrent.futures.CancelledError):
         return [f"CancelledError: {self}"]
 
 
+class CallTimeout(CelerynbError, TimeoutError):
+    """A wait ran out: the call's ``timeout=`` (the call was cancelled: its state is
+    'timed out'), or ``result(timeout)`` / ``as_completed(timeout=)`` (the call keeps
+    running). Also a ``TimeoutError``, as ``concurrent.futures`` raises."""
+
+
 class PayloadTooLarge(CelerynbError, ValueError):
     """A chunk, a result or the function is larger than the store accepts."""
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .call import Call, CallState
+from .errors import CallTimeout
 from .progress import Display, NoDisplay
 from .stats import frame
 from .stats import timeline as draw_timeline
@@ -112,12 +113,13 @@ class MapFuture(concurrent.futures.Future[Any]):
         """Wait up to ``timeout`` s (default: no limit) and return the joined result.
 
         Raises the chunk's :class:`ChunkError`, :class:`CancelledError`, or
-        ``TimeoutError`` (the call keeps running) when ``timeout`` passes.
+        :class:`CallTimeout` (also a ``TimeoutError``; the call keeps running) when
+        ``timeout`` passes.
         Interrupting the wait (Ctrl-C, the notebook's stop button) cancels the call.
         """
         try:
             if not self._call.wait(timeout):
-                raise TimeoutError(
+                raise CallTimeout(
                     f"not finished after {timeout} s ({self._call.progress_text()}); it "
                     "keeps running: call .result() again or .cancel()"
                 )
@@ -132,7 +134,7 @@ class MapFuture(concurrent.futures.Future[Any]):
         """Yield ``(chunk number, chunk result)`` as chunks finish.
 
         ``ordered=True`` yields in chunk order instead. Raises the call's error
-        (e.g. :class:`ChunkError`) when it comes, and ``TimeoutError`` if no
+        (e.g. :class:`ChunkError`) when it comes, and :class:`CallTimeout` if no
         chunk arrives for ``timeout`` s (default: wait as long as it takes).
         Interrupting the loop (Ctrl-C) cancels the call.
         """

@@ -366,7 +366,8 @@ class CallRunner:
         self.cluster.supervisor.remove(self)
 
     def _revoke(self) -> None:
-        """Queued chunks become no-ops (their keys go first); running ones are terminated."""
+        """Queued chunks become no-ops (their keys go first); running ones are stopped
+        (``dispatch.revoke``; killed by their worker if they ignore that)."""
         with contextlib.suppress(StoreError):
             ids = [self.keys.slot_task(s) for s in self.store.revoke(self.keys, self.call.n_chunks)]
             if self._sent_reduce is not None:

@@ -5,6 +5,7 @@ Pure logic: no cluster, no worker, no store; fast, many cases (hypothesis).
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from celerynb import CancelledError, ChunkError
+from celerynb import CallTimeout, CancelledError, CelerynbError, ChunkError
 from celerynb.call import Call, CallState, finished_call
 from celerynb.errors import RemoteFailure
 from celerynb.options import CallOptions, signature
@@ -103,6 +104,19 @@ def test_deadline_times_the_call_out() -> None:
     with pytest.raises(TimeoutError, match=r"timeout=5\.0 s"):
         call.value()
     assert not call.check_deadline(call.started + 10)
+
+
+def test_timeouts_are_celerynb_errors_and_timeout_errors() -> None:
+    """``except TimeoutError`` (as with concurrent.futures) and ``except CelerynbError``
+    both catch the call's own timeout and a wait's."""
+    call = even_call(timeout=5.0)
+    call.check_deadline(call.started + 5.0)
+    assert isinstance(call.error, CallTimeout)
+    assert isinstance(call.error, TimeoutError) and isinstance(call.error, CelerynbError)
+    assert issubclass(CallTimeout, concurrent.futures.TimeoutError)
+    waiting = even_call(4, 2)
+    with pytest.raises(CallTimeout, match="runs on"):
+        list(waiting.stream(False, 0.05))
 
 
 def test_reduce_call_waits_for_the_reducer() -> None:

@@ -7,7 +7,6 @@ worker with 2 pool processes). After every failure the cluster must still work.
 from __future__ import annotations
 
 import _thread
-import contextlib
 import os
 import re
 import socket
@@ -70,22 +69,27 @@ def wait_pids(directory: Path, n: int) -> list[int]:
 
 
 def assert_terminated(pids: list[int]) -> None:
-    """The pool processes that ran the slow chunks were stopped (revoked, terminated)."""
-    procs = []
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            procs.append(psutil.Process(pid))
+    """The slow chunks the pool processes ``pids`` ran were stopped (revoked): each said
+    so as it stopped (``<pid>.stopped``), and its process lives on for the next task."""
+    directory = Path(slow_dir[0])
     deadline = time.monotonic() + BOUND
     while time.monotonic() < deadline:
-        left = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        left = [pid for pid in pids if not (directory / f"{pid}.stopped").exists()]
         if not left:
+            alive = [pid for pid in pids if psutil.pid_exists(pid)]
+            assert alive == pids, "a cancel killed pool processes instead of stopping the chunk"
             return
         time.sleep(0.1)
     raise AssertionError(f"pool processes still running the revoked chunks: {left}")
 
 
+slow_dir: list[str] = [""]  # the directory of the last slow_chunk's pid files
+
+
 def slow_chunk(pid_dir: str, fail_first: bool = False) -> Callable[[list[int]], list[int]]:
-    """func whose chunks record their pid and sleep HANG s (chunk 0 may fail instead)."""
+    """func whose chunks record their pid and sleep HANG s (chunk 0 may fail instead);
+    a chunk stopped on its way records ``<pid>.stopped``."""
+    slow_dir[0] = pid_dir
 
     def work(xs: list[int]) -> list[int]:
         if fail_first and xs[0] == 0:
@@ -100,7 +104,11 @@ def slow_chunk(pid_dir: str, fail_first: bool = False) -> Callable[[list[int]], 
         with open(tmp, "w") as f:
             f.write(str(os.getpid()))
         os.replace(tmp, os.path.join(pid_dir, f"{os.getpid()}.pid"))
-        time.sleep(HANG)
+        try:
+            time.sleep(HANG)
+        except BaseException:
+            open(os.path.join(pid_dir, f"{os.getpid()}.stopped"), "w").close()
+            raise
         return xs
 
     return work
@@ -458,7 +466,7 @@ def test_result_timeout_keeps_running(cluster: celerynb.LocalCluster) -> None:
     future = celerynb.cmap_async(slowish, list(range(6)), chunks=2, cluster=cluster, progress=False)
     assert isinstance(future, celerynb.MapFuture)
     assert repr(future).startswith("<MapFuture running: 0 of 2 chunks done, 0/6 items")
-    with pytest.raises(TimeoutError, match="keeps running"):
+    with pytest.raises(celerynb.CallTimeout, match="keeps running"):
         future.result(timeout=0.1)
     assert not future.done()
     assert future.result(timeout=BOUND) == [x + 1 for x in range(6)]
@@ -488,7 +496,7 @@ def test_cancel_then_result_raises(cluster: celerynb.LocalCluster, tmp_path: Pat
 
 def test_cmap_timeout_cancels_the_call(cluster: celerynb.LocalCluster, tmp_path: Path) -> None:
     started = time.monotonic()
-    with pytest.raises(TimeoutError) as info:
+    with pytest.raises(celerynb.CallTimeout) as info:
         run(cluster, slow_chunk(str(tmp_path)), list(range(4)), chunks=2, timeout=0.5)
     assert time.monotonic() - started < BOUND
     assert "timeout=0.5" in str(info.value) and "cancelled" in str(info.value)

@@ -25,6 +25,7 @@ from .keys import REDUCED, TTL, CallKeys, QueueKeys
 
 if TYPE_CHECKING:
     import redis
+    from redis.client import Pipeline
     from redis.commands.core import Script
 
 
@@ -180,6 +181,16 @@ redis.call('EXPIRE', info, ARGV[3])
 return 1
 """)
 
+# Driver: a registry key's time to live made at least ARGV[1] s, never shortened (Redis
+# 6.2 has no EXPIRE GT). KEYS: the one key (a registry of the queue's calls or names).
+_EXTEND = """
+local left = redis.call('TTL', KEYS[1])
+if left == -1 or left < tonumber(ARGV[1]) then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return 1
+"""
+
 # Driver: the workers that beat within the grace, their info, and the ones that
 # stopped beating (forgotten after ARGV[2] s). ARGV: grace, forget.
 _ROLL = _registry_script("""
@@ -329,6 +340,11 @@ def reap(client: redis.Redis, keys: CallKeys) -> None:
     """Delete everything of a call whose driver is gone (every key ``keys.all`` lists for
     the chunks it stored)."""
     _script(client, _REAP)(keys=keys.script_keys, args=[REDUCED])
+
+
+def extend(client: redis.Redis, pipe: Pipeline, key: str, seconds: float) -> None:
+    """Queue on ``pipe`` (of ``client``): ``key`` lives at least ``seconds`` from now."""
+    _script(client, _EXTEND)(keys=[key], args=[max(1, int(seconds))], client=pipe)
 
 
 def beat(client: redis.Redis, keys: QueueKeys, worker: str, info: str, keep: float) -> None:

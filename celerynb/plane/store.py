@@ -116,8 +116,10 @@ class CallBatch:
         pipe.expire(self.keys.meta, ttl)
         pipe.zremrangebyscore(queue.calls, "-inf", now)
         pipe.zadd(queue.calls, {self.keys.call: now + ttl})
+        scripts.extend(self.store.redis, pipe, queue.calls, ttl)
         if meta.name is not None:
             pipe.hset(queue.names, meta.name, self.keys.call)
+            scripts.extend(self.store.redis, pipe, queue.names, ttl)
 
     def job(self, blob: bytes) -> None:
         """The signed job (its function, reducer and extra arguments)."""
@@ -285,6 +287,8 @@ class CallStore:
         pipe.hset(keys.meta, items=[x for pair in fields.items() for x in pair])
         pipe.expire(keys.meta, ttl)
         pipe.zadd(self.queue_keys.calls, {keys.call: time.time() + ttl})
+        scripts.extend(self.redis, pipe, self.queue_keys.calls, ttl)
+        scripts.extend(self.redis, pipe, self.queue_keys.names, ttl)  # (a named call's end)
         results = [keys.result(i) for i in [*range(n_chunks), REDUCED]]
         if meta.state == "finished":
             for key in [keys.records, *results]:
@@ -423,6 +427,11 @@ class WorkerStore:
             worker=worker,
             watch=watch,
         )
+
+    def wanted(self, keys: CallKeys, index: int) -> bool:
+        """Whether chunk ``index`` is still wanted (its key is deleted when the call is
+        cancelled or ends)."""
+        return bool(self.redis.exists(keys.chunk(index)))
 
     def wait_for_chunks(self, keys: CallKeys, seconds: float) -> None:
         """Wait up to ``seconds`` for an open call to queue a chunk (none is taken: the

@@ -15,6 +15,7 @@ import logging
 import mmap
 import os
 import secrets
+import signal
 import socket
 import sys
 import threading
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 import redis
 from celery import Celery, signals
 
-from .. import plane
+from .. import celery_compat, plane
+from ..dispatch import CANCEL_GRACE_S
 from ..plane import DataPlane, RedisPlane, ShmPlane, codec, scripts
 from ..plane.codec import Job
 from ..plane.keys import QueueKeys
@@ -242,16 +244,40 @@ def _child_init(**_: object) -> None:
     context.reset()
 
 
+_controller: list[object] = []  # the worker's WorkController (its pool), once ready
+
+
 @signals.worker_ready.connect
 def _start_beating(sender: object = None, **_: object) -> None:
     global _heartbeat
+    controller = getattr(sender, "controller", None)
+    _controller[:] = [controller] if controller is not None else []
     if _runtime is None:
         return
-    controller = getattr(sender, "controller", None)
     concurrency = int(getattr(controller, "concurrency", 0) or os.cpu_count() or 1)
     name = str(getattr(sender, "hostname", "") or socket.gethostname())
     _heartbeat = Heartbeat(_runtime, name, concurrency)
     _heartbeat.start()
+
+
+@signals.task_revoked.connect
+def _soft_stopped(
+    request: object = None, terminated: bool = False, signum: object = None, **_: object
+) -> None:
+    """A cancel stopped a task without killing its pool process (``dispatch.revoke``):
+    the process is not to be taken for terminated if it dies later, and if it still
+    runs the task ``CANCEL_GRACE_S`` from now, it is killed (the pool replaces it)."""
+    if not (terminated and signum == signal.Signals[celery_compat.SOFT_STOP] and _controller):
+        return
+    pool = getattr(_controller[0], "pool", None)
+    found = celery_compat.running_job(pool, str(getattr(request, "id", "")))
+    if found is None:
+        return
+    job, pid = found
+    celery_compat.forget_soft_stop(pool, pid)
+    timer = threading.Timer(CANCEL_GRACE_S, celery_compat.kill_if_running, (job, pid))
+    timer.daemon = True
+    timer.start()
 
 
 @signals.worker_shutting_down.connect

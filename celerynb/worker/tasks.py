@@ -80,6 +80,10 @@ def _timeout_error(exc: BaseException, opts: SlotOptions) -> BaseException:
     return exc
 
 
+class Revoked(Exception):
+    """The draining task was revoked (its call cancelled or ended) while it ran a chunk."""
+
+
 def _meta(worker: str, started: float, begun: float, tries: int, bytes_in: int = 0) -> RunMeta:
     seconds = time.perf_counter() - started
     return RunMeta(worker, os.getpid(), seconds, begun, begun + seconds, tries, bytes_in)
@@ -124,6 +128,15 @@ def _run_one(
         blob, parked = plane.place(keys, record)
         if parked:  # kept apart before the record says so (the store may be full)
             _park(keys, index, parked)
+    except SoftTimeLimitExceeded as exc:
+        # chunk_timeout, or a revoke's soft stop (dispatch.revoke): a revoked chunk is no
+        # longer wanted, and its task ends quietly
+        if not opts.chunk_timeout or not context.store.wanted(keys, index):
+            raise Revoked from None
+        failure = replace(failure_of(_timeout_error(exc, opts), worker), output=capture.tail())
+        meta = _meta(worker, started, begun, got.tries, size)
+        record = Record(index, Status.ERROR, failure, meta=meta)
+        blob = codec.dumps(plane.secret, record)
     except Exception as exc:
         failure = replace(failure_of(_timeout_error(exc, opts), worker), output=capture.tail())
         meta = _meta(worker, started, begun, got.tries, size)
@@ -197,41 +210,49 @@ def run_chunks(self: Task, call: str, slot: str, opts: SlotOptions, spare: bool 
     stop = time.monotonic() + tuning().drain_seconds
     report: Report | None = None
     ran: list[int] = []
-    while True:
-        taken = len(ran)
-        take = not (opts.one and taken) and time.monotonic() < stop and not leaving()
-        step = functools.partial(
-            ctx.store.take,
-            keys,
-            slot,
-            report,
-            take=take,
-            have_job=call in ctx.jobs,
-            inline_max=INLINE,
-            worker=ctx.owner(worker),
-            watch=opts.watch,
-        )
-        got = _full_wait("this chunk's record", step)
-        if report is not None and plane.shared:  # its chunk's file (its result's, if unwanted)
-            plane.drop(keys, [report.index], results=not got.accepted)
-        report = None
-        if got.pending == ABANDONED:  # its notebook is gone: nobody wants the results
-            ctx.store.reap(keys)
-            return _summary(opts, call, ran)
-        if got.index is None and opts.keep and _fold(keys, opts, worker):
-            continue  # between an iterator's chunks: a partial reduction it asked for
-        if got.index is None and got.pending == OPEN and take:  # more chunks may come
-            # (the list's last chunk number rotates to its head: nothing is taken)
-            ctx.store.wait_for_chunks(keys, OPEN_WAIT)
-            continue
-        if got.index is None:
-            if got.pending and not opts.one:  # time is up (or leaving), chunks are left
-                _send(self, call, slot, opts)
-            return _summary(opts, call, ran)
-        if spare and not taken and got.pending > 0:  # the spare was taken: queue the next
-            _send(self, call, f"x{secrets.token_hex(4)}", opts, spare=True)
-        ran.append(got.index)
-        report = _run_one(plane, keys, got, opts, worker)
+    try:
+        while True:
+            taken = len(ran)
+            take = not (opts.one and taken) and time.monotonic() < stop and not leaving()
+            step = functools.partial(
+                ctx.store.take,
+                keys,
+                slot,
+                report,
+                take=take,
+                have_job=call in ctx.jobs,
+                inline_max=INLINE,
+                worker=ctx.owner(worker),
+                watch=opts.watch,
+            )
+            got = _full_wait("this chunk's record", step)
+            if report is not None and plane.shared:  # its chunk's file (its result's, if unwanted)
+                plane.drop(keys, [report.index], results=not got.accepted)
+            report = None
+            if got.pending == ABANDONED:  # its notebook is gone: nobody wants the results
+                ctx.store.reap(keys)
+                return _summary(opts, call, ran)
+            if got.index is None and opts.keep and _fold(keys, opts, worker):
+                continue  # between an iterator's chunks: a partial reduction it asked for
+            if got.index is None and got.pending == OPEN and take:  # more chunks may come
+                # (the list's last chunk number rotates to its head: nothing is taken)
+                ctx.store.wait_for_chunks(keys, OPEN_WAIT)
+                continue
+            if got.index is None:
+                if got.pending and not opts.one:  # time is up (or leaving), chunks are left
+                    _send(self, call, slot, opts)
+                return _summary(opts, call, ran)
+            if spare and not taken and got.pending > 0:  # the spare was taken: queue the next
+                _send(self, call, f"x{secrets.token_hex(4)}", opts, spare=True)
+            ran.append(got.index)
+            try:
+                report = _run_one(plane, keys, got, opts, worker)
+            except Revoked:
+                return _summary(opts, call, ran)
+    except SoftTimeLimitExceeded:  # a revoke's soft stop between chunks (no chunk_timeout)
+        if opts.chunk_timeout:
+            raise
+        return _summary(opts, call, ran)
 
 
 def reduce_into(call: str, parts: list[int], shm: bool, out: int, worker: str) -> None:
@@ -251,6 +272,8 @@ def reduce_into(call: str, parts: list[int], shm: bool, out: int, worker: str) -
         assert job.reduce is not None
         value = job.reduce(values)
         record = Record(out, status, value, meta=_meta(worker, started, begun, 1))
+    except SoftTimeLimitExceeded:  # revoked (a reduce task has no time limit): cancelled
+        return
     except Exception as exc:
         failure = failure_of(exc, worker)
         record = Record(out, Status.ERROR, failure, meta=_meta(worker, started, begun, 1))
