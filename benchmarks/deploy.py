@@ -147,7 +147,8 @@ def forget(settings: Settings) -> None:
     client = redis.Redis.from_url(settings.broker_url)
     with contextlib.suppress(redis.RedisError):
         client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding.{queue}.pidbox",
-                      f"_kombu.binding.reply.{queue}.pidbox")  # fmt: skip
+                      f"_kombu.binding.reply.{queue}.pidbox",
+                      f"_kombu.binding_permanent.{queue}")  # fmt: skip
         for tag, raw in client.hscan_iter("unacked"):
             with contextlib.suppress(ValueError, TypeError):
                 _, exchange, routing_key = json.loads(raw)
