@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING
 
 from .call import Call
 from .cluster import connect, registry
-from .errors import ChunkInfo, ClusterError
+from .errors import ClusterError
 from .join import join
 from .options import CallOptions
 from .plane.records import CallMeta
 from .plane.store import CallStatus
 from .runner import CallRunner, launch
+from .spans import Spans
 
 if TYPE_CHECKING:
     from .cluster.connection import Cluster
@@ -34,32 +35,14 @@ if TYPE_CHECKING:
 
 
 # -- a call as the store describes it -------------------------------------------------------------
-class StoredPlan:
+class StoredPlan(Spans):
     """The plan of a call described in the store: its chunks' bounds, nothing of its data."""
-
-    def __init__(self, bounds: list[tuple[int, int]]) -> None:
-        self.bounds = bounds
 
     def __repr__(self) -> str:
         return f"<StoredPlan {len(self)} chunks, {self.n_items} items>"
 
-    @property
-    def n_items(self) -> int:
-        return self.bounds[-1][1] if self.bounds else 0
-
-    def __len__(self) -> int:
-        return len(self.bounds)
-
     def take(self, index: int) -> object:
         raise RuntimeError("an attached call's chunks are in the store already")
-
-    def items(self, index: int) -> int:
-        start, stop = self.bounds[index]
-        return stop - start
-
-    def info(self, index: int) -> ChunkInfo:
-        start, stop = self.bounds[index]
-        return ChunkInfo(index, len(self), start, stop)
 
     def join(self, parts: list[object]) -> object:
         return join(parts)

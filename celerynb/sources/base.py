@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import ChunkInfo
 from ..inputs import pandas
 from ..join import join
+from ..spans import Spans
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -189,18 +189,19 @@ def _row_like(index: pd.Index) -> bool:
     return index.name is None and index.dtype.kind in "iu" and index.nlevels == 1
 
 
-class SourcePlan:
+class SourcePlan(Spans):
     """A source's parts as chunks: chunk ``i`` is part ``i`` (its descriptor); the items
     are the parts' bytes (or rows), counted from the first file's start."""
 
     def __init__(self, source: Source) -> None:
-        self.source = source
-        self.bounds: list[tuple[int, int]] = []
+        self.source, self.unit = source, source.unit
+        bounds: list[tuple[int, int]] = []
         start = 0
         for part in source.parts:
             size = source.part_items(part)
-            self.bounds.append((start, start + size))
+            bounds.append((start, start + size))
             start += size
+        super().__init__(bounds)
 
     def __repr__(self) -> str:
         return f"<SourcePlan {len(self)} parts of {self.source!r}>"
@@ -209,23 +210,8 @@ class SourcePlan:
     def data(self) -> object:
         return self.source
 
-    @property
-    def n_items(self) -> int:
-        return self.bounds[-1][1] if self.bounds else 0
-
-    def __len__(self) -> int:
-        return len(self.bounds)
-
     def take(self, index: int) -> object:
         return self.source.parts[index]
-
-    def items(self, index: int) -> int:
-        start, stop = self.bounds[index]
-        return stop - start
-
-    def info(self, index: int) -> ChunkInfo:
-        start, stop = self.bounds[index]
-        return ChunkInfo(index, len(self), start, stop, unit=self.source.unit)
 
     def join(self, parts: list[object]) -> object:
         return join_parts(parts)
